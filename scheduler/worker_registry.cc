@@ -1,1 +1,129 @@
-// placeholder: being written
+#include "scheduler/worker_registry.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace wmserve::scheduler {
+
+const char* WorkerStateName(WorkerState state) {
+  switch (state) {
+    case WorkerState::kLoading: return "LOADING";
+    case WorkerState::kReady: return "READY";
+    case WorkerState::kBusy: return "BUSY";
+    case WorkerState::kDraining: return "DRAINING";
+    case WorkerState::kDead: return "DEAD";
+  }
+  return "UNKNOWN";
+}
+
+std::string WorkerRegistry::Add(const WorkerDescription& description, absl::Time now) {
+  std::string id = absl::StrCat("w-", next_id_++);
+  WorkerRecord& w = workers_[id];
+  w.id = id;
+  w.description = description;
+  w.description.max_concurrent = std::max(1, description.max_concurrent);
+  w.registered_at = now;
+  w.last_heartbeat = now;
+  w.state = description.ready ? WorkerState::kReady : WorkerState::kLoading;
+  return id;
+}
+
+void WorkerRegistry::Heartbeat(const std::string& id, bool ready, uint64_t memory_free_bytes,
+                               absl::Time now) {
+  auto it = workers_.find(id);
+  if (it == workers_.end() || it->second.state == WorkerState::kDead) return;
+  WorkerRecord& w = it->second;
+  w.last_heartbeat = now;
+  w.description.memory_free_bytes = memory_free_bytes;
+  if (ready && !w.description.ready) {
+    w.description.ready = true;
+    if (w.state == WorkerState::kLoading) w.state = WorkerState::kReady;
+  }
+  UpdateLoadState(w);
+}
+
+void WorkerRegistry::SetDraining(const std::string& id) {
+  auto it = workers_.find(id);
+  if (it != workers_.end() && it->second.state != WorkerState::kDead) {
+    it->second.state = WorkerState::kDraining;
+  }
+}
+
+std::set<std::string> WorkerRegistry::MarkDead(const std::string& id, const std::string& reason,
+                                               absl::Time now) {
+  auto it = workers_.find(id);
+  if (it == workers_.end() || it->second.state == WorkerState::kDead) return {};
+  WorkerRecord& w = it->second;
+  w.state = WorkerState::kDead;
+  w.died_at = now;
+  w.death_reason = reason;
+  std::set<std::string> orphans;
+  orphans.swap(w.running);
+  return orphans;
+}
+
+std::vector<std::string> WorkerRegistry::Silent(absl::Time now, absl::Duration timeout) const {
+  std::vector<std::string> silent;
+  for (const auto& [id, w] : workers_) {
+    if (w.state != WorkerState::kDead && now - w.last_heartbeat > timeout) silent.push_back(id);
+  }
+  return silent;
+}
+
+void WorkerRegistry::Prune(absl::Time now, absl::Duration retention) {
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (it->second.state == WorkerState::kDead && now - it->second.died_at > retention) {
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void WorkerRegistry::AddRollout(const std::string& id, const std::string& rollout_id) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return;
+  it->second.running.insert(rollout_id);
+  UpdateLoadState(it->second);
+}
+
+void WorkerRegistry::RemoveRollout(const std::string& id, const std::string& rollout_id) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return;
+  it->second.running.erase(rollout_id);
+  UpdateLoadState(it->second);
+}
+
+void WorkerRegistry::UpdateLoadState(WorkerRecord& w) {
+  if (w.state != WorkerState::kReady && w.state != WorkerState::kBusy) return;
+  const bool full = static_cast<int>(w.running.size()) >= w.description.max_concurrent;
+  w.state = full ? WorkerState::kBusy : WorkerState::kReady;
+}
+
+const WorkerRecord* WorkerRegistry::Find(const std::string& id) const {
+  auto it = workers_.find(id);
+  return it == workers_.end() ? nullptr : &it->second;
+}
+
+std::vector<WorkerSlots> WorkerRegistry::SchedulableSlots() const {
+  std::vector<WorkerSlots> slots;
+  for (const auto& [id, w] : workers_) {
+    if (w.state != WorkerState::kReady && w.state != WorkerState::kBusy) continue;
+    const int free = w.description.max_concurrent - static_cast<int>(w.running.size());
+    if (free <= 0) continue;
+    slots.push_back({id, w.description.models, free});
+  }
+  return slots;
+}
+
+bool WorkerRegistry::AnyLiveWorkerServes(const std::string& model) const {
+  for (const auto& [id, w] : workers_) {
+    if (w.state == WorkerState::kDead) continue;
+    const auto& m = w.description.models;
+    if (std::find(m.begin(), m.end(), model) != m.end()) return true;
+  }
+  return false;
+}
+
+}  // namespace wmserve::scheduler
