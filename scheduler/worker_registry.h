@@ -31,6 +31,7 @@ struct WorkerDescription {
   uint64_t memory_total_bytes = 0;
   uint64_t memory_free_bytes = 0;
   std::string metrics_endpoint;
+  uint32_t pid = 0;
   bool ready = false;  // warm-up finished
 };
 

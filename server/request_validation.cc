@@ -22,8 +22,7 @@ absl::Status Invalid(absl::string_view field, absl::string_view rule) {
 // "NaN" / "infinite" for a value known not to be finite; used in messages only.
 const char* NonFiniteKind(double value) { return std::isnan(value) ? "NaN" : "infinite"; }
 
-absl::Status ValidateModelAndImage(const v1::RolloutRequest& request,
-                                   const RequestLimits& limits) {
+absl::Status ValidateModelAndImage(const v1::RolloutRequest& request, const RequestLimits& limits) {
   if (request.model().empty()) return Invalid("model", "must not be empty");
   if (request.image().empty()) return Invalid("image", "must not be empty");
   if (request.image().size() > limits.max_image_bytes) {
@@ -33,12 +32,11 @@ absl::Status ValidateModelAndImage(const v1::RolloutRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status ValidateFramesAndFps(const v1::RolloutRequest& request,
-                                  const RequestLimits& limits) {
+absl::Status ValidateFramesAndFps(const v1::RolloutRequest& request, const RequestLimits& limits) {
   if (request.num_frames() < 1) return Invalid("num_frames", "must be >= 1");
   if (request.num_frames() > limits.max_frames) {
-    return Invalid("num_frames", absl::StrFormat("%d exceeds the limit of %d",
-                                                 request.num_frames(), limits.max_frames));
+    return Invalid("num_frames", absl::StrFormat("%d exceeds the limit of %d", request.num_frames(),
+                                                 limits.max_frames));
   }
   const double fps = request.fps();
   if (!std::isfinite(fps)) {
@@ -77,8 +75,8 @@ double RotationDeterminant(const v1::Pose& pose) {
 absl::Status ValidatePose(const v1::Pose& pose, int index, const RequestLimits& limits) {
   const std::string field = absl::StrCat("trajectory.poses[", index, "].c2w");
   if (pose.c2w_size() != kC2wValues) {
-    return Invalid(field, absl::StrFormat("has %d values (need 16, a row-major 4x4 matrix)",
-                                          pose.c2w_size()));
+    return Invalid(
+        field, absl::StrFormat("has %d values (need 16, a row-major 4x4 matrix)", pose.c2w_size()));
   }
   for (int i = 0; i < kC2wValues; ++i) {
     if (!std::isfinite(pose.c2w(i))) {
@@ -88,9 +86,9 @@ absl::Status ValidatePose(const v1::Pose& pose, int index, const RequestLimits& 
   // Exact comparison on purpose: the last row of a rigid transform is a constant, not a result
   // of arithmetic, so any deviation means the matrix is not what the contract describes.
   if (At(pose, 3, 0) != 0 || At(pose, 3, 1) != 0 || At(pose, 3, 2) != 0 || At(pose, 3, 3) != 1) {
-    return Invalid(field, absl::StrFormat("last row must be 0 0 0 1 (got %g %g %g %g)",
-                                          At(pose, 3, 0), At(pose, 3, 1), At(pose, 3, 2),
-                                          At(pose, 3, 3)));
+    return Invalid(field,
+                   absl::StrFormat("last row must be 0 0 0 1 (got %g %g %g %g)", At(pose, 3, 0),
+                                   At(pose, 3, 1), At(pose, 3, 2), At(pose, 3, 3)));
   }
   const double ortho_error = OrthonormalityError(pose);
   if (ortho_error > limits.rotation_tolerance) {
@@ -149,8 +147,8 @@ absl::Status ValidateTrajectory(const v1::RolloutRequest& request, const Request
   const uint32_t sets = static_cast<uint32_t>(trajectory.intrinsics_size());
   if (sets != 1 && sets != frames) {
     const std::string need = frames == 1 ? "1" : absl::StrCat("1 or ", frames);
-    return Invalid("trajectory.intrinsics", absl::StrFormat("%d sets for num_frames=%d (need %s)",
-                                                            sets, frames, need));
+    return Invalid("trajectory.intrinsics",
+                   absl::StrFormat("%d sets for num_frames=%d (need %s)", sets, frames, need));
   }
   for (int i = 0; i < trajectory.intrinsics_size(); ++i) {
     absl::Status status = ValidateIntrinsics(trajectory.intrinsics(i), i);
@@ -172,8 +170,8 @@ absl::Status ValidateOutputSize(const v1::OutputOptions& output, const RequestLi
     return Invalid(kField, absl::StrFormat("must be even (got %dx%d)", w, h));
   }
   if (w > limits.max_width || h > limits.max_height) {
-    return Invalid(kField, absl::StrFormat("%dx%d exceeds the %dx%d limit", w, h,
-                                           limits.max_width, limits.max_height));
+    return Invalid(kField, absl::StrFormat("%dx%d exceeds the %dx%d limit", w, h, limits.max_width,
+                                           limits.max_height));
   }
   return absl::OkStatus();
 }

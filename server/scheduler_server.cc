@@ -193,6 +193,8 @@ class RolloutHub {
       info->set_memory_total_bytes(w.description.memory_total_bytes);
       info->set_memory_free_bytes(w.description.memory_free_bytes);
       info->set_metrics_endpoint(w.description.metrics_endpoint);
+      info->set_pid(w.description.pid);
+      info->set_name(w.description.name);
     }
     return out;
   }
@@ -210,6 +212,7 @@ class RolloutHub {
     d.memory_total_bytes = reg.memory_total_bytes();
     d.memory_free_bytes = reg.memory_free_bytes();
     d.metrics_endpoint = reg.metrics_endpoint();
+    d.pid = reg.pid();
     d.ready = reg.state() == v1::WORKER_STATE_READY;
     const absl::Time now = absl::Now();
     const std::string id = registry_.Add(d, now);

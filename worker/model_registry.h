@@ -1,0 +1,29 @@
+// Builds models by name. The only place that knows which models exist.
+#ifndef WMSERVE_WORKER_MODEL_REGISTRY_H_
+#define WMSERVE_WORKER_MODEL_REGISTRY_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/model.h"
+
+namespace wmserve::worker {
+
+struct ModelConfig {
+  std::string name = "warp";
+  std::string device = "cpu";  // "cpu" | "cuda:N"
+  std::string preset;          // model-specific; "" = default
+  std::string weights;         // model-specific; "" = none / default
+  std::string dtype;           // model-specific; "" = default
+  int frames_per_chunk = 16;   // for models with a free chunk size (warp)
+};
+
+// NOT_FOUND for an unknown name (listing the known ones); the model's own errors otherwise.
+absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelConfig& config);
+std::vector<std::string> AvailableModels();
+
+}  // namespace wmserve::worker
+
+#endif  // WMSERVE_WORKER_MODEL_REGISTRY_H_
