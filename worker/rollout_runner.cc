@@ -215,6 +215,7 @@ struct EncoderLoop {
       out->set_first_frame(static_cast<uint32_t>(chunk->first_frame));
       out->set_frame_count(static_cast<uint32_t>(chunk->frame_count));
       out->set_presentation_time_s(chunk->first_frame / fps);
+      out->set_encoded_at_unix_nanos(absl::ToUnixNanos(absl::Now()));
       bytes += segment->size();
       out->set_data(*std::move(segment));
       const absl::Time send_start = absl::Now();

@@ -14,6 +14,7 @@
 // broadcast tensor ops in float, then grid_sample.
 #include "worker/models/warp_model.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/arange.h>
@@ -70,9 +71,9 @@ constexpr int64_t kPaddingBorder = 1;
 // checked every frame; on CUDA several frames per launch amortise kernel launches.
 constexpr int kCpuFramesPerStep = 1;
 constexpr int kCudaFramesPerStep = 8;
-// Device bytes per output pixel of one frame in flight: q (12), 1/q_z (4), grid (8), sampled
-// RGB (12), uint8 staging (3).
-constexpr uint64_t kStepBytesPerPixel = 39;
+// Device bytes per output pixel of one frame in flight: q, reused as the grid (12), 1/q_z (4),
+// sampled RGB (12), uint8 staging (3).
+constexpr uint64_t kStepBytesPerPixel = 31;
 
 using Mat3 = std::array<double, 9>;  // row-major
 using Vec3 = std::array<double, 3>;
@@ -421,51 +422,72 @@ absl::StatusOr<std::optional<FrameChunk>> WarpRollout::NextChunkOrThrow(
   return chunk;
 }
 
-// Sampling grids [count, H, W, 2] for frames [first, first + count). The projective map is
-// separable before the division: N p = N_0 u + (N_1 v + N_2), so q is one broadcast add of a
-// per-column and a per-row term (no [H*W, 3] pixel tensor and no matmul over it).
+// Sampling grids for frames [first, first + count), planar: [count, 2 (x, y), H, W]. The
+// projective map is separable before the division, N p = N_0 u + (N_1 v + N_2), so q is one
+// broadcast add of a per-column and a per-row term (no [H*W, 3] pixel tensor, no matmul). The
+// planar layout keeps every elementwise op running along contiguous rows (an interleaved
+// [.., W, 2] layout makes them ~5x slower), and grid_sample reads planar grids natively.
 at::Tensor WarpRollout::BuildGrids(int64_t first, int64_t count) const {
   const at::Tensor n = state_.maps_n.narrow(0, first, count);  // [F, 3 (row), 3 (col)]
-  const at::Tensor c = state_.maps_c.narrow(0, first, count).view({count, 1, 1, 2});
-  const at::Tensor n_u = n.select(2, 0).reshape({count, 1, 1, 3});
-  const at::Tensor n_v = n.select(2, 1).reshape({count, 1, 1, 3});
-  const at::Tensor n_1 = n.select(2, 2).reshape({count, 1, 1, 3});
-  const at::Tensor per_column = state_.u_centres.view({1, 1, width_, 1}).mul(n_u);  // [F,1,W,3]
-  const at::Tensor per_row = at::addcmul(n_1, state_.v_centres.view({1, height_, 1, 1}),
-                                         n_v);  // [F,H,1,3]
-  const at::Tensor q = per_column.add(per_row); // [F,H,W,3]
-  const at::Tensor q_z = q.narrow(3, 2, 1);
+  const at::Tensor c = state_.maps_c.narrow(0, first, count).view({count, 2, 1, 1});
+  const at::Tensor n_u = n.select(2, 0).reshape({count, 3, 1, 1});
+  const at::Tensor n_v = n.select(2, 1).reshape({count, 3, 1, 1});
+  const at::Tensor n_1 = n.select(2, 2).reshape({count, 3, 1, 1});
+  const at::Tensor per_column = state_.u_centres.view({1, 1, 1, width_}).mul(n_u);  // [F,3,1,W]
+  const at::Tensor per_row =
+      at::addcmul(n_1, state_.v_centres.view({1, 1, height_, 1}), n_v);  // [F,3,H,1]
+  const at::Tensor q = per_column.add(per_row);                           // [F,3,H,W]
+  const at::Tensor q_z = q.narrow(1, 2, 1);
   // Clamping instead of masking keeps misses finite and pointing off-image (see FrameMap).
-  at::Tensor inverse_z = q_z.clamp_min(kMinInverseDistance).reciprocal_();
-  at::Tensor grids = at::addcmul(c, q.narrow(3, 0, 2), inverse_z);  // [F,H,W,2]
+  const at::Tensor inverse_z = q_z.clamp_min(kMinInverseDistance).reciprocal_();
+  // In place over q's x/y planes: saves a [F, 2, H, W] allocation per step.
+  at::Tensor grids = q.narrow(1, 0, 2);
+  at::addcmul_out(grids, c, grids, inverse_z);
   if (black_fill_) {
-    // A ray straight back from the plane has (q_x, q_y) ~ 0 and would land mid-image.
-    grids.masked_fill_(q_z.le(kMinInverseDistance), kOutsideGrid);
+    // A ray straight back from the plane has (q_x, q_y) ~ 0 and would land mid-image; moving x
+    // off-image is enough for zero padding.
+    grids.select(1, 0).masked_fill_(q_z.squeeze(1).le(kMinInverseDistance), kOutsideGrid);
   }
   return grids;
 }
 
-// Samples the source with `grids` and writes uint8 HxWx3 frames into `rgb` (host memory).
+// Largest number of row bands <= the intra-op thread count that divides `height`. ATen's CPU
+// grid_sample parallelises over the batch only, so one frame is sampled as that many bands.
+int64_t RowBands(int64_t height) {
+  int64_t bands = std::max(1, at::get_num_threads());
+  while (height % bands != 0) --bands;
+  return bands;
+}
+
+// Samples the source with planar `grids` [count, 2, H, W] and writes uint8 HxWx3 frames into
+// `rgb` ([count, H, W, 3], host memory).
 void WarpRollout::Render(const at::Tensor& grids, const at::Tensor& rgb) const {
   const int64_t count = grids.size(0);
-  // expand() is a stride-0 view: no copy of the source per frame.
+  // Batch entries are frames (count > 1, CUDA) or row bands of one frame (CPU); all views.
+  const int64_t bands = count == 1 && device_.is_cpu() ? RowBands(height_) : 1;
+  const int64_t batch = count * bands;
+  const int64_t rows = height_ / bands;
+  const at::Tensor batch_grids =
+      grids.view({count, 2, bands, rows, width_}).permute({0, 2, 3, 4, 1}).flatten(0, 1);
+  // expand() is a stride-0 view: no copy of the source per batch entry.
   const at::Tensor source =
-      count == 1 ? state_.source : state_.source.expand({count, -1, -1, -1});
+      batch == 1 ? state_.source : state_.source.expand({batch, -1, -1, -1});
   const at::Tensor sampled =
-      at::grid_sampler(source, grids, kInterpolationBilinear,
+      at::grid_sampler(source, batch_grids, kInterpolationBilinear,
                        black_fill_ ? kPaddingZeros : kPaddingBorder, /*align_corners=*/false);
   // One pass: NCHW->NHWC permute plus float->uint8 conversion. The conversion truncates, which
   // rounds to nearest thanks to the +0.5 in the source; the values stay within [0, 255.5) because
   // bilinear weights are non-negative and sum to at most 1, so no clamp pass is needed.
-  const at::Tensor hwc = sampled.permute({0, 2, 3, 1});
+  const at::Tensor hwc = sampled.permute({0, 2, 3, 1});  // [batch, rows, W, 3]
+  const at::Tensor out = rgb.view({batch, rows, width_, 3});
   if (device_.is_cpu()) {
-    rgb.copy_(hwc);
+    out.copy_(hwc);
     return;
   }
   // Convert on the device, then one contiguous download of a third of the bytes.
-  at::Tensor staged = at::empty(rgb.sizes(), sampled.options().dtype(at::kByte));
+  at::Tensor staged = at::empty(out.sizes(), sampled.options().dtype(at::kByte));
   staged.copy_(hwc);
-  rgb.copy_(staged);
+  out.copy_(staged);
 }
 
 // Swallows progress and timings; for WarmUp.
