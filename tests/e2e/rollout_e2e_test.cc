@@ -297,6 +297,75 @@ TEST_F(RolloutE2E, KilledWorkerFailsItsRolloutUnavailableAndIsRespawned) {
   EXPECT_THAT(*metrics, HasSubstr("wmserve_worker_restarts_total{reason=\"signal\"} 1"));
 }
 
+TEST_F(RolloutE2E, SilentWorkerIsDeclaredDeadAfterMissedHeartbeats) {
+  // A frozen worker keeps its TCP stream open; only the missing heartbeats reveal it.
+  StartScheduler(1, {"--heartbeat-timeout-ms", "1500"});
+  const media::RgbImage image = MakeTestImage(kWidth, kHeight, 7);
+  const v1::RolloutRequest long_req = MakeRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
+  pid_t frozen = -1;
+  std::string id;
+  client::RolloutCallbacks cb;
+  cb.on_accepted = [&](const v1::Accepted& a) { id = a.rollout_id(); };
+  cb.on_chunk = [&](const v1::VideoChunk&) {
+    if (frozen > 0) return;
+    auto status = Status(id);
+    auto workers = scheduler_->Workers();
+    ASSERT_TRUE(status.ok() && workers.ok());
+    for (const auto& w : workers->workers()) {
+      if (w.worker_id() == status->worker_id()) frozen = static_cast<pid_t>(w.pid());
+    }
+    ASSERT_GT(frozen, 0);
+    ::kill(frozen, SIGSTOP);
+  };
+  grpc::ClientContext ctx;
+  const absl::Time start = absl::Now();
+  client::RolloutResult r = client::RunRollout(scheduler_->stub(), long_req, cb, &ctx);
+  ASSERT_GT(frozen, 0);
+  ::kill(frozen, SIGCONT);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << client::FormatStatus(r.status);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("no heartbeat"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  // Thawed, the worker finds its stream closed, registers again and serves.
+  ASSERT_TRUE(scheduler_->WaitForReadyWorkers(1, absl::Seconds(60)).ok());
+  client::RolloutResult next = Run(MakeRequest(client::TrajectoryPreset::kPan, 16, 0.2, image));
+  EXPECT_TRUE(next.ok()) << client::FormatStatus(next.status);
+}
+
+TEST_F(RolloutE2E, ConfigFileSetsFlagsAndCommandLineWins) {
+  const std::string dir = MakeTempDir();
+  const std::string conf = dir + "/scheduler.conf";
+  // max-queue from the file; --local-workers on the command line (1) beats the file's 3.
+  std::ofstream(conf) << "# test config\nmax-queue = 1\nlocal_workers = 3\nmodels = \"warp\"\n";
+  StartScheduler(1, {"--config", conf});
+  auto workers = scheduler_->Workers();
+  ASSERT_TRUE(workers.ok());
+  EXPECT_EQ(workers->workers_size(), 1);
+  // With one worker busy and a queue of one, a third concurrent rollout is refused at once.
+  const media::RgbImage image = MakeTestImage(kWidth, kHeight, 8);
+  const v1::RolloutRequest long_req = MakeRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
+  grpc::ClientContext c1, c2;
+  std::thread t1([&] { client::RunRollout(scheduler_->stub(), long_req, {}, &c1); });
+  std::thread t2;
+  for (int i = 0; i < 200; ++i) {
+    auto w = scheduler_->Workers();
+    if (w.ok() && w->workers(0).running_rollouts() == 1) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  t2 = std::thread([&] { client::RunRollout(scheduler_->stub(), long_req, {}, &c2); });
+  client::RolloutResult third;
+  for (int i = 0; i < 100; ++i) {  // until the second one is queued
+    third = Run(MakeRequest(client::TrajectoryPreset::kPan, 8, 0.2, image));
+    if (third.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(third.status.error_message(), HasSubstr("queue full"));
+  c1.TryCancel();
+  c2.TryCancel();
+  t1.join();
+  t2.join();
+}
+
 TEST_F(RolloutE2E, BadInputGetsPreciseStatusAndServerStaysUp) {
   StartScheduler(1);
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 5);
