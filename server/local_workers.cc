@@ -88,7 +88,7 @@ void LocalWorkerSupervisor::MonitorLoop() {
               << Kv("name", child.name) << Kv("pid", child.pid) << Kv("reason", reason)
               << Kv(reason == "signal" ? "signal" : "code", detail)
               << Kv("respawn_in_s", absl::ToDoubleSeconds(child.backoff));
-          metrics_->worker_restarts.Add({{"reason", reason}}).Increment();
+          metrics_->WorkerRestarted(reason);
           child.pid = -1;
           child.respawn_at = now + child.backoff;
           child.backoff = std::min(child.backoff * 2, options_.max_backoff);

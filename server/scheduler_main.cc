@@ -52,6 +52,8 @@ ABSL_FLAG(int, heartbeat_timeout_ms, 5000, "A worker silent this long is declare
 ABSL_FLAG(int, drain_timeout_s, 30, "On SIGTERM, how long in-flight rollouts may finish.");
 ABSL_FLAG(int, max_request_mb, 64, "Largest accepted gRPC message (MiB).");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
+ABSL_FLAG(std::string, file_sd_path, "",
+          "Write a Prometheus file_sd JSON file listing live workers' metrics endpoints here.");
 ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write `listen=HOST:PORT` and `metrics=HOST:PORT` lines here (atomic "
           "rename); lets scripts and tests use ephemeral ports.");
@@ -127,6 +129,7 @@ int Main(int argc, char** argv) {
   SchedulerOptions options;
   options.max_queue = static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_max_queue)));
   options.heartbeat_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
+  options.file_sd_path = absl::GetFlag(FLAGS_file_sd_path);
   options.known_models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
   SchedulerServer scheduler(options, &scheduler_metrics);
 

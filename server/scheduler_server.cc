@@ -1,6 +1,9 @@
 #include "server/scheduler_server.h"
 
+#include <atomic>
+#include <cstdio>
 #include <deque>
+#include <fstream>
 #include <list>
 #include <map>
 #include <set>
@@ -57,6 +60,15 @@ v1::WorkerState ToProto(scheduler::WorkerState s) {
     case scheduler::WorkerState::kDead: return v1::WORKER_STATE_DEAD;
   }
   return v1::WORKER_STATE_UNSPECIFIED;
+}
+
+std::string JsonEscape(const std::string& in) {
+  std::string out;
+  for (char c : in) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;
+  }
+  return out;
 }
 
 bool IsTerminal(v1::RolloutState s) {
@@ -269,11 +281,22 @@ class RolloutHub {
       }
       ++r->chunks_sent;
       r->frames_done = std::max(r->frames_done, chunk.first_frame() + chunk.frame_count());
+      const absl::Time now = absl::Now();
+      v1::ChunkTimings* timings = event.mutable_chunk()->mutable_timings();
+      timings->set_queue_s(absl::ToDoubleSeconds(r->started - r->submitted));
+      if (chunk.encoded_at_unix_nanos() > 0) {
+        timings->set_send_s(std::max(
+            0.0, absl::ToDoubleSeconds(now - absl::FromUnixNanos(chunk.encoded_at_unix_nanos()))));
+      }
+      if (r->last_chunk != absl::InfinitePast()) {
+        metrics_->inter_chunk.Observe(absl::ToDoubleSeconds(now - r->last_chunk));
+      }
+      r->last_chunk = now;
       r->bytes_sent += chunk.data().size();
       metrics_->chunks_sent.Increment();
       metrics_->bytes_sent.Increment(static_cast<double>(chunk.data().size()));
       if (r->first_chunk == absl::InfinitePast()) {
-        r->first_chunk = absl::Now();
+        r->first_chunk = now;
         metrics_->time_to_first_chunk.Observe(absl::ToDoubleSeconds(r->first_chunk - r->submitted));
       }
     } else if (event.has_stream_init()) {
@@ -319,6 +342,12 @@ class RolloutHub {
     MarkDeadLocked(worker_id, reason);
   }
 
+  // --- accounting shared with the reactors ---------------------------------------------------
+
+  void CountInvalidRequest() { metrics_->Rejected("invalid_argument"); }
+  // Bytes queued in all client streams; reactors add and subtract, Tick() publishes.
+  std::atomic<int64_t>& send_queue_bytes() { return send_queue_bytes_; }
+
   // --- housekeeping -------------------------------------------------------------------------
 
   void Tick() ABSL_LOCKS_EXCLUDED(mu_) {
@@ -334,6 +363,7 @@ class RolloutHub {
                                       absl::FormatDuration(options_.heartbeat_timeout)));
     }
     registry_.Prune(now, options_.dead_worker_retention);
+    metrics_->send_queue_bytes.Set(static_cast<double>(send_queue_bytes_.load()));
     UpdateGaugesLocked();
   }
 
@@ -368,6 +398,7 @@ class RolloutHub {
     absl::Time submitted = absl::InfinitePast();
     absl::Time started = absl::InfinitePast();
     absl::Time first_chunk = absl::InfinitePast();
+    absl::Time last_chunk = absl::InfinitePast();
     absl::Time finished = absl::InfinitePast();
     uint32_t frames_done = 0;
     uint32_t frames_total = 0;
@@ -378,7 +409,7 @@ class RolloutHub {
 
   absl::Status Reject(const std::string& reason, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    metrics_->rejections.Add({{"reason", reason}}).Increment();
+    metrics_->Rejected(reason);
     WM_LOG(kInfo, "rollout_rejected") << Kv("reason", reason) << Kv("status", status.ToString());
     return status;
   }
@@ -460,7 +491,12 @@ class RolloutHub {
       r.state = v1::ROLLOUT_STATE_FAILED;
       outcome = "failed";
     }
-    metrics_->rollouts.Add({{"outcome", outcome}}).Increment();
+    metrics_->RolloutEnded(outcome, status.ok() ? "completed" : reason);
+    if (status.ok() && r.started != absl::InfinitePast() && r.frames_done > 0 &&
+        r.request.fps() > 0) {
+      const double video_s = r.frames_done / r.request.fps();
+      metrics_->realtime_factor.Observe(absl::ToDoubleSeconds(r.finished - r.started) / video_s);
+    }
     metrics_->rollout_duration.Observe(absl::ToDoubleSeconds(r.finished - r.submitted));
     log::Line(status.ok() ? log::Level::kInfo : log::Level::kWarning, "rollout_state")
         << Kv("rollout", r.id) << Kv("state", v1::RolloutState_Name(r.state))
@@ -507,12 +543,42 @@ class RolloutHub {
 
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     active_ = queue_.size() + static_cast<size_t>(active_running_);
-    metrics_->waiting.Set(static_cast<double>(queue_.size()));
+    metrics_->SetWaiting("default", static_cast<double>(queue_.size()));
     metrics_->running.Set(active_running_);
     std::map<std::string, int> by_state;
     for (const char* s : {"LOADING", "READY", "BUSY", "DRAINING", "DEAD"}) by_state[s] = 0;
     for (const auto& [id, w] : registry_.workers()) ++by_state[WorkerStateName(w.state)];
-    for (const auto& [state, n] : by_state) metrics_->workers.Add({{"state", state}}).Set(n);
+    for (const auto& [state, n] : by_state) metrics_->SetWorkers(state, n);
+    WriteFileSdLocked();
+  }
+
+  // Prometheus file_sd: the live workers' /metrics endpoints, rewritten (atomically, by rename)
+  // whenever the set changes.
+  void WriteFileSdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.file_sd_path.empty()) return;
+    std::string json = "[";
+    for (const auto& [id, w] : registry_.workers()) {
+      if (w.state == scheduler::WorkerState::kDead || w.description.metrics_endpoint.empty()) {
+        continue;
+      }
+      if (json.size() > 1) json += ",";
+      absl::StrAppend(&json, "\n  {\"targets\": [\"", w.description.metrics_endpoint,
+                      "\"], \"labels\": {\"worker_id\": \"", id, "\", \"worker_name\": \"",
+                      JsonEscape(w.description.name), "\", \"device\": \"",
+                      JsonEscape(w.description.device), "\"}}");
+    }
+    json += "\n]\n";
+    if (json == file_sd_written_) return;
+    const std::string tmp = options_.file_sd_path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << json;
+      if (!out) {
+        WM_LOG(kWarning, "file_sd_write_failed") << Kv("path", tmp);
+        return;
+      }
+    }
+    if (std::rename(tmp.c_str(), options_.file_sd_path.c_str()) == 0) file_sd_written_ = json;
   }
 
   const SchedulerOptions options_;
@@ -531,6 +597,8 @@ class RolloutHub {
   int active_running_ ABSL_GUARDED_BY(mu_) = 0;
   size_t active_ ABSL_GUARDED_BY(mu_) = 0;
   const std::string id_prefix_;
+  std::string file_sd_written_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> send_queue_bytes_{0};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +613,7 @@ class RolloutReactor : public grpc::ServerWriteReactor<v1::RolloutEvent>, public
     absl::Status valid = ValidateRolloutRequest(*request, options.limits);
     if (valid.ok()) valid = media::DecodeImage(request->image()).status();
     if (!valid.ok()) {
+      hub_->CountInvalidRequest();
       WM_LOG(kInfo, "rollout_rejected") << Kv("reason", "invalid_argument")
                                         << Kv("status", valid.ToString());
       Finish(ToGrpcStatus(valid));
@@ -563,7 +632,7 @@ class RolloutReactor : public grpc::ServerWriteReactor<v1::RolloutEvent>, public
   size_t Send(v1::RolloutEvent event) override ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     if (finishing_ || cancelled_) return 0;
-    backlog_bytes_ += event.ByteSizeLong();
+    AdjustBacklogLocked(static_cast<int64_t>(event.ByteSizeLong()));
     pending_.push_back(std::move(event));
     MaybeWriteLocked();
     return backlog_bytes_;
@@ -583,9 +652,9 @@ class RolloutReactor : public grpc::ServerWriteReactor<v1::RolloutEvent>, public
     if (!ok) {
       // The client is gone; OnCancel follows and ends the rollout.
       pending_.clear();
-      backlog_bytes_ = 0;
+      AdjustBacklogLocked(-static_cast<int64_t>(backlog_bytes_));
     } else {
-      backlog_bytes_ -= std::min(backlog_bytes_, in_flight_bytes_);
+      AdjustBacklogLocked(-static_cast<int64_t>(std::min(backlog_bytes_, in_flight_bytes_)));
       pending_.pop_front();
     }
     in_flight_bytes_ = 0;
@@ -617,6 +686,10 @@ class RolloutReactor : public grpc::ServerWriteReactor<v1::RolloutEvent>, public
       id = rollout_id_;
     }
     if (!id.empty()) hub_->DetachClient(id, this);
+    {
+      absl::MutexLock lock(&mu_);
+      AdjustBacklogLocked(-static_cast<int64_t>(backlog_bytes_));
+    }
     delete this;
   }
 
@@ -624,7 +697,10 @@ class RolloutReactor : public grpc::ServerWriteReactor<v1::RolloutEvent>, public
   void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (writing_ || finishing_) return;
     // Never clear while a write is in flight: StartWrite holds a pointer to pending_.front().
-    if (cancelled_) pending_.clear();
+    if (cancelled_ && !pending_.empty()) {
+      pending_.clear();
+      AdjustBacklogLocked(-static_cast<int64_t>(backlog_bytes_));
+    }
     if (!pending_.empty()) {
       writing_ = true;
       in_flight_bytes_ = pending_.front().ByteSizeLong();
@@ -635,6 +711,11 @@ class RolloutReactor : public grpc::ServerWriteReactor<v1::RolloutEvent>, public
       finishing_ = true;
       Finish(finish_status_);
     }
+  }
+
+  void AdjustBacklogLocked(int64_t delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    backlog_bytes_ = static_cast<size_t>(static_cast<int64_t>(backlog_bytes_) + delta);
+    hub_->send_queue_bytes().fetch_add(delta);
   }
 
   RolloutHub* const hub_;

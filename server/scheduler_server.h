@@ -40,6 +40,8 @@ struct SchedulerOptions {
   RequestLimits limits;
   // A client that falls this far behind the stream is cut off with RESOURCE_EXHAUSTED.
   size_t max_client_backlog_bytes = 256u << 20;
+  // If set, a Prometheus file_sd JSON file listing live workers' /metrics endpoints.
+  std::string file_sd_path;
 };
 
 class RolloutHub;

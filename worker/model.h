@@ -93,6 +93,8 @@ struct ModelDescriptor {
   std::string preset;  // model-specific preset, "" if none
   int native_width = 1280;
   int native_height = 704;
+  // Device memory held by the weights, bytes (0 = none).
+  uint64_t weights_bytes = 0;
   // Rough per-rollout device memory, bytes, for placement (0 = negligible).
   uint64_t rollout_state_bytes = 0;
 };

@@ -1,5 +1,6 @@
 #include "worker/rollout_runner.h"
 
+#include <array>
 #include <deque>
 #include <exception>
 #include <map>
@@ -58,6 +59,14 @@ class StageClock {
   std::map<v1::Stage, absl::Duration> totals_ ABSL_GUARDED_BY(mu_);
 };
 
+const char* StageMetricName(ModelStage stage) { return ModelStageName(stage); }
+
+// A generated chunk on its way to the encoder, with where its time went so far.
+struct PendingChunk {
+  FrameChunk frames;
+  v1::ChunkTimings timings;
+};
+
 // Single-producer single-consumer hand-off of decoded chunks to the encoder thread. Bounded so
 // the model cannot run far ahead of the encoder (memory stays flat for long rollouts).
 class ChunkQueue {
@@ -65,7 +74,7 @@ class ChunkQueue {
   explicit ChunkQueue(size_t capacity) : capacity_(capacity) {}
 
   // Blocks while full; false if the consumer stopped (encoder failed) or `stop` was set.
-  bool Push(FrameChunk chunk, const std::atomic<bool>& stop) ABSL_LOCKS_EXCLUDED(mu_) {
+  bool Push(PendingChunk chunk, const std::atomic<bool>& stop) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     auto room = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return items_.size() < capacity_ || consumer_gone_;
@@ -82,12 +91,12 @@ class ChunkQueue {
     closed_ = true;
   }
   // Blocks until a chunk or Close(); nullopt when closed and drained.
-  std::optional<FrameChunk> Pop() ABSL_LOCKS_EXCLUDED(mu_) {
+  std::optional<PendingChunk> Pop() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !items_.empty() || closed_; };
     mu_.Await(absl::Condition(&ready));
     if (items_.empty()) return std::nullopt;
-    FrameChunk c = std::move(items_.front());
+    PendingChunk c = std::move(items_.front());
     items_.pop_front();
     return c;
   }
@@ -100,7 +109,7 @@ class ChunkQueue {
  private:
   const size_t capacity_;
   absl::Mutex mu_;
-  std::deque<FrameChunk> items_ ABSL_GUARDED_BY(mu_);
+  std::deque<PendingChunk> items_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool consumer_gone_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -108,14 +117,21 @@ class ChunkQueue {
 class Control : public RolloutControl {
  public:
   Control(const std::atomic<bool>& cancelled, RolloutEventSink& sink, StageClock& clock,
-          uint32_t frames_total, absl::Duration progress_interval)
+          uint32_t frames_total, const RolloutRunnerOptions& options)
       : cancelled_(cancelled), sink_(sink), clock_(clock), frames_total_(frames_total),
-        progress_interval_(progress_interval) {}
+        progress_interval_(options.progress_interval), metrics_(options.metrics),
+        memory_(options.memory) {}
 
   bool cancelled() const override { return cancelled_.load(std::memory_order_relaxed); }
 
   void OnStep(ModelStage stage, int step, int total_steps) override {
     const absl::Time now = absl::Now();
+    // Step duration = gap between consecutive steps of a stage within one chunk.
+    auto& previous = last_step_[static_cast<int>(stage)];
+    if (metrics_ && previous.first == step - 1 && previous.second != absl::InfinitePast()) {
+      metrics_->DenoiseStep(StageMetricName(stage), absl::ToDoubleSeconds(now - previous.second));
+    }
+    previous = {step, now};
     const bool last = total_steps > 0 && step + 1 >= total_steps;
     if (!last && now - last_progress_ < progress_interval_) return;
     last_progress_ = now;
@@ -131,6 +147,40 @@ class Control : public RolloutControl {
 
   void AddStageTime(ModelStage stage, absl::Duration elapsed) override {
     clock_.Add(ToProtoStage(stage), elapsed);
+    const double secs = absl::ToDoubleSeconds(elapsed);
+    switch (stage) {
+      case ModelStage::kImageEncode:
+        chunk_.set_image_encode_s(chunk_.image_encode_s() + secs);
+        break;
+      case ModelStage::kBackbone: chunk_.set_backbone_s(chunk_.backbone_s() + secs); break;
+      case ModelStage::kRefiner: chunk_.set_refiner_s(chunk_.refiner_s() + secs); break;
+      case ModelStage::kDecode: chunk_.set_decode_s(chunk_.decode_s() + secs); break;
+    }
+    if (metrics_) {
+      if (memory_ && memory_->is_cuda()) {
+        if (auto peak = memory_->TakePeakAllocated()) {
+          metrics_->SetPeakMemory(memory_->gpu(), memory_->uuid(), StageMetricName(stage),
+                                  static_cast<double>(*peak));
+        }
+      }
+    }
+  }
+
+  // Called before each NextChunk; returns what the previous chunk accumulated.
+  v1::ChunkTimings TakeChunkTimings() {
+    if (metrics_) {
+      const std::pair<const char*, double> stages[] = {{"image_encode", chunk_.image_encode_s()},
+                                                       {"backbone", chunk_.backbone_s()},
+                                                       {"refiner", chunk_.refiner_s()},
+                                                       {"decode", chunk_.decode_s()}};
+      for (const auto& [name, secs] : stages) {
+        if (secs > 0) metrics_->StageTime(name, secs);
+      }
+    }
+    v1::ChunkTimings out = std::move(chunk_);
+    chunk_.Clear();
+    for (auto& l : last_step_) l = {-2, absl::InfinitePast()};
+    return out;
   }
 
   void set_frames_done(uint32_t n) { frames_done_ = n; }
@@ -141,8 +191,14 @@ class Control : public RolloutControl {
   StageClock& clock_;
   const uint32_t frames_total_;
   const absl::Duration progress_interval_;
+  metrics::WorkerMetrics* const metrics_;
+  DeviceMemoryProbe* const memory_;
   uint32_t frames_done_ = 0;
   absl::Time last_progress_ = absl::InfinitePast();
+  v1::ChunkTimings chunk_;
+  std::array<std::pair<int, absl::Time>, 4> last_step_{
+      {{-2, absl::InfinitePast()}, {-2, absl::InfinitePast()}, {-2, absl::InfinitePast()},
+       {-2, absl::InfinitePast()}}};
 };
 
 RolloutSpec BuildSpec(const v1::RolloutRequest& request, media::RgbImage image,
@@ -193,8 +249,9 @@ struct EncoderLoop {
   uint64_t bytes = 0;
 
   void Run() {
-    while (std::optional<FrameChunk> chunk = queue->Pop()) {
+    while (std::optional<PendingChunk> pending = queue->Pop()) {
       if (cancelled->load()) continue;  // drain without work so the producer never blocks
+      const FrameChunk* chunk = &pending->frames;
       const absl::Time start = absl::Now();
       absl::StatusOr<std::string> segment =
           encoder->EncodeSegment(chunk->rgb.data(), chunk->frame_count);
@@ -206,11 +263,13 @@ struct EncoderLoop {
       const absl::Duration took = absl::Now() - start;
       clock->Add(v1::STAGE_VIDEO_ENCODE, took);
       if (metrics) {
-        metrics->StageDuration("video_encode").Observe(absl::ToDoubleSeconds(took));
-        metrics->FramesGenerated("video_encode").Increment(chunk->frame_count);
+        metrics->StageTime("video_encode", absl::ToDoubleSeconds(took));
+        metrics->FramesGenerated("video_encode", chunk->frame_count);
       }
       v1::RolloutEvent event;
       v1::VideoChunk* out = event.mutable_chunk();
+      *out->mutable_timings() = std::move(pending->timings);
+      out->mutable_timings()->set_video_encode_s(absl::ToDoubleSeconds(took));
       out->set_index(chunks);
       out->set_first_frame(static_cast<uint32_t>(chunk->first_frame));
       out->set_frame_count(static_cast<uint32_t>(chunk->frame_count));
@@ -220,7 +279,9 @@ struct EncoderLoop {
       out->set_data(*std::move(segment));
       const absl::Time send_start = absl::Now();
       sink->Emit(std::move(event));
-      clock->Add(v1::STAGE_SEND, absl::Now() - send_start);
+      const absl::Duration send = absl::Now() - send_start;
+      clock->Add(v1::STAGE_SEND, send);
+      if (metrics) metrics->StageTime("send", absl::ToDoubleSeconds(send));
       ++chunks;
       frames += static_cast<uint32_t>(chunk->frame_count);
     }
@@ -230,13 +291,13 @@ struct EncoderLoop {
 v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
                                   const v1::RolloutRequest& request,
                                   const std::atomic<bool>& cancelled, RolloutEventSink& sink,
-                                  metrics::WorkerMetrics* metrics,
                                   const RolloutRunnerOptions& options) {
+  metrics::WorkerMetrics* const metrics = options.metrics;
   StageClock clock;
   const absl::Time decode_start = absl::Now();
   absl::StatusOr<media::RgbImage> image = media::DecodeImage(request.image());
   if (!image.ok()) return Fail(rollout_id, image.status());
-  clock.Add(v1::STAGE_IMAGE_ENCODE, absl::Now() - decode_start);
+  const absl::Duration image_decode = absl::Now() - decode_start;
 
   RolloutSpec spec = BuildSpec(request, *std::move(image), model.descriptor());
   media::EncoderOptions enc_options;
@@ -249,7 +310,9 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
       media::Fmp4Encoder::Create(enc_options);
   if (!encoder.ok()) return Fail(rollout_id, encoder.status());
 
-  Control control(cancelled, sink, clock, request.num_frames(), options.progress_interval);
+  Control control(cancelled, sink, clock, request.num_frames(), options);
+  // Decoding the request image is part of the image-encode stage.
+  control.AddStageTime(ModelStage::kImageEncode, image_decode);
   absl::StatusOr<std::unique_ptr<ModelRollout>> rollout = model.StartRollout(spec, control);
   if (!rollout.ok()) return Fail(rollout_id, rollout.status());
 
@@ -265,6 +328,7 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
   }
 
   ChunkQueue queue(/*capacity=*/2);
+  v1::ChunkTimings carried = control.TakeChunkTimings();  // image encode goes on chunk 0
   EncoderLoop loop{encoder->get(), &queue, &sink, &clock, metrics, &cancelled, spec.fps,
                    absl::OkStatus()};
   std::thread encoder_thread([&loop] { loop.Run(); });
@@ -276,7 +340,6 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
       status = absl::CancelledError("rollout cancelled");
       break;
     }
-    const absl::Time start = absl::Now();
     absl::StatusOr<std::optional<FrameChunk>> chunk = absl::InternalError("model threw");
     try {
       chunk = (*rollout)->NextChunk(control);
@@ -289,13 +352,15 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
       break;
     }
     if (!chunk->has_value()) break;
-    if (metrics) {
-      metrics->StageDuration("generate").Observe(absl::ToDoubleSeconds(absl::Now() - start));
-      metrics->FramesGenerated("generate").Increment((*chunk)->frame_count);
-    }
+    if (metrics) metrics->FramesGenerated("backbone", (*chunk)->frame_count);
     frames_generated += static_cast<uint32_t>((*chunk)->frame_count);
     control.set_frames_done(frames_generated);
-    if (!queue.Push(std::move(**chunk), cancelled)) break;  // encoder failed or cancelled
+    PendingChunk pending{std::move(**chunk), control.TakeChunkTimings()};
+    if (carried.image_encode_s() > 0) {
+      pending.timings.set_image_encode_s(carried.image_encode_s());
+      carried.Clear();
+    }
+    if (!queue.Push(std::move(pending), cancelled)) break;  // encoder failed or cancelled
   }
   queue.Close();
   encoder_thread.join();
@@ -322,12 +387,11 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
 
 v1::RolloutDone RunRollout(Model& model, const std::string& rollout_id,
                            const v1::RolloutRequest& request, const std::atomic<bool>& cancelled,
-                           RolloutEventSink& sink, metrics::WorkerMetrics* metrics,
-                           const RolloutRunnerOptions& options) {
+                           RolloutEventSink& sink, const RolloutRunnerOptions& options) {
   // Models and encoders report errors as absl::Status; this is the last line of defence so one
   // bad rollout can never take the worker process down.
   try {
-    return RunRolloutOrThrow(model, rollout_id, request, cancelled, sink, metrics, options);
+    return RunRolloutOrThrow(model, rollout_id, request, cancelled, sink, options);
   } catch (const std::exception& e) {
     return Fail(rollout_id, absl::InternalError(absl::StrCat("rollout failed: ", e.what())));
   }

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "server/metrics.h"
+#include "worker/device_memory.h"
 #include "worker/model.h"
 #include "wmserve/v1/rollout.pb.h"
 #include "wmserve/v1/worker.pb.h"
@@ -31,15 +32,19 @@ class RolloutEventSink {
 struct RolloutRunnerOptions {
   // Progress events are throttled to one per interval (plus the last step of each stage).
   absl::Duration progress_interval = absl::Milliseconds(100);
+  // Optional observers (not owned; outlive the call).
+  metrics::WorkerMetrics* metrics = nullptr;
+  DeviceMemoryProbe* memory = nullptr;
 };
 
 // Runs the rollout to the end on the calling thread. Returns RolloutDone with status_code 0 and
 // the Final totals on success; otherwise the gRPC status code and message to report
 // (CANCELLED if `cancelled` was set). Never throws.
+// Each VideoChunk carries its ChunkTimings (model stages and encoding; the scheduler adds queue
+// and send).
 v1::RolloutDone RunRollout(Model& model, const std::string& rollout_id,
                            const v1::RolloutRequest& request, const std::atomic<bool>& cancelled,
-                           RolloutEventSink& sink, metrics::WorkerMetrics* metrics,
-                           const RolloutRunnerOptions& options = {});
+                           RolloutEventSink& sink, const RolloutRunnerOptions& options = {});
 
 }  // namespace wmserve::worker
 

@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <fstream>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -17,29 +16,6 @@ namespace wmserve::worker {
 namespace {
 
 using log::Kv;
-
-uint64_t MemAvailableBytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit) {
-    if (key == "MemAvailable:") return kb * 1024;
-  }
-  return 0;
-}
-
-uint64_t MemTotalBytes() {
-  return static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
-         static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-}
-
-uint64_t ResidentBytes() {
-  std::ifstream in("/proc/self/statm");
-  uint64_t size = 0, resident = 0;
-  in >> size >> resident;
-  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-}
 
 std::string HostName() {
   char buf[256] = {0};
@@ -104,8 +80,40 @@ class StreamSink : public RolloutEventSink {
 }  // namespace
 
 WorkerAgent::WorkerAgent(WorkerAgentOptions options, ModelLoader loader,
-                         metrics::WorkerMetrics* metrics)
-    : options_(std::move(options)), loader_(std::move(loader)), metrics_(metrics) {}
+                         metrics::WorkerMetrics* metrics, DeviceMemoryProbe* memory)
+    : options_(std::move(options)), loader_(std::move(loader)), metrics_(metrics),
+      memory_(memory) {}
+
+void WorkerAgent::PublishState() {
+  if (metrics_ == nullptr) return;
+  const char* state = "LOADING";
+  if (draining_.load()) {
+    state = "DRAINING";
+  } else if (ready()) {
+    absl::MutexLock lock(&mu_);
+    int busy = 0;
+    for (const auto& [id, r] : running_) busy += r->finished ? 0 : 1;
+    state = busy >= options_.max_concurrent ? "BUSY" : "READY";
+  }
+  metrics_->SetState(state);
+}
+
+void WorkerAgent::PublishMemory() {
+  if (metrics_ == nullptr || memory_ == nullptr) return;
+  uint64_t weights = 0, state = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    int busy = 0;
+    for (const auto& [id, r] : running_) busy += r->finished ? 0 : 1;
+    for (const auto& m : models_) {
+      weights += m->descriptor().weights_bytes;
+      state = std::max(state, m->descriptor().rollout_state_bytes * static_cast<uint64_t>(busy));
+    }
+  }
+  for (const auto& [pool, bytes] : memory_->Sample(weights, state).pools) {
+    metrics_->SetMemory(memory_->gpu(), memory_->uuid(), pool, static_cast<double>(bytes));
+  }
+}
 
 WorkerAgent::~WorkerAgent() {
   Shutdown();
@@ -239,8 +247,8 @@ void WorkerAgent::Serve() {
   // scheduler can queue for them while we warm up.
   for (const std::string& model : options_.models) reg->add_models()->set_name(model);
   reg->set_max_concurrent_rollouts(static_cast<uint32_t>(options_.max_concurrent));
-  reg->set_memory_total_bytes(MemTotalBytes());
-  reg->set_memory_free_bytes(MemAvailableBytes());
+  reg->set_memory_total_bytes(HostTotalBytes());
+  reg->set_memory_free_bytes(HostAvailableBytes());
   reg->set_state(ready() ? v1::WORKER_STATE_READY : v1::WORKER_STATE_LOADING);
   reg->set_metrics_endpoint(options_.metrics_endpoint);
   reg->set_pid(static_cast<uint32_t>(::getpid()));
@@ -268,10 +276,11 @@ void WorkerAgent::Serve() {
                   v1::WorkerMessage hb;
                   hb.mutable_heartbeat()->set_state(ready() ? v1::WORKER_STATE_READY
                                                             : v1::WORKER_STATE_LOADING);
-                  hb.mutable_heartbeat()->set_memory_free_bytes(MemAvailableBytes());
+                  hb.mutable_heartbeat()->set_memory_free_bytes(HostAvailableBytes());
                   reported_ready = ready();
                   if (!conn.Write(hb)) break;
-                  if (metrics_) metrics_->resident_memory.Set(static_cast<double>(ResidentBytes()));
+                  PublishState();
+                  PublishMemory();
                   next = absl::Now() + interval;
                 }
                 absl::SleepFor(absl::Milliseconds(20));
@@ -354,7 +363,10 @@ void WorkerAgent::StartRollout(Connection& conn, const std::string& id,
                                    << Kv("frames", request.num_frames());
     StreamSink sink([&conn](const v1::WorkerMessage& m) { return conn.Write(m); }, id);
     const absl::Time start = absl::Now();
-    v1::RolloutDone done = RunRollout(*model, id, request, r->cancelled, sink, metrics_);
+    RolloutRunnerOptions runner_options;
+    runner_options.metrics = metrics_;
+    runner_options.memory = memory_;
+    v1::RolloutDone done = RunRollout(*model, id, request, r->cancelled, sink, runner_options);
     const char* outcome = done.status_code() == 0 ? "succeeded"
                           : done.status_code() == static_cast<int>(absl::StatusCode::kCancelled)
                               ? "cancelled"
@@ -363,8 +375,11 @@ void WorkerAgent::StartRollout(Connection& conn, const std::string& id,
                                    << Kv("seconds", absl::ToDoubleSeconds(absl::Now() - start))
                                    << Kv("status", done.status_message());
     if (metrics_) {
-      metrics_->rollouts.Add({{"outcome", outcome}}).Increment();
+      metrics_->RolloutEnded(outcome);
       metrics_->rollouts_running.Decrement();
+      if (done.status_code() == static_cast<int>(absl::StatusCode::kResourceExhausted)) {
+        metrics_->oom_events.Increment();
+      }
     }
     {
       // Free the slot before reporting: the scheduler may assign the next rollout the moment

@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/metrics.h"
+#include "worker/device_memory.h"
 #include "worker/model.h"
 #include "wmserve/v1/rollout.pb.h"
 
@@ -47,7 +48,9 @@ using ModelLoader = std::function<absl::StatusOr<std::vector<std::unique_ptr<Mod
 
 class WorkerAgent {
  public:
-  WorkerAgent(WorkerAgentOptions options, ModelLoader loader, metrics::WorkerMetrics* metrics);
+  // `metrics` and `memory` may be null; otherwise they outlive the agent.
+  WorkerAgent(WorkerAgentOptions options, ModelLoader loader, metrics::WorkerMetrics* metrics,
+              DeviceMemoryProbe* memory);
   ~WorkerAgent();
 
   // Blocks until drained, shut down, or model loading failed. Returns the process exit code.
@@ -77,6 +80,9 @@ class WorkerAgent {
   const WorkerAgentOptions options_;
   ModelLoader loader_;
   metrics::WorkerMetrics* const metrics_;
+  DeviceMemoryProbe* const memory_;
+  void PublishState() ABSL_LOCKS_EXCLUDED(mu_);
+  void PublishMemory() ABSL_LOCKS_EXCLUDED(mu_);
 
   std::atomic<bool> ready_{false};
   std::atomic<bool> shutdown_{false};

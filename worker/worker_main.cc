@@ -13,6 +13,7 @@
 #include "server/cli_flags.h"
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "worker/device_memory.h"
 #include "worker/model_registry.h"
 #include "worker/models/torch_runtime.h"
 #include "worker/worker_agent.h"
@@ -68,8 +69,12 @@ int Main(int argc, char** argv) {
 
   const std::string device = absl::GetFlag(FLAGS_device);
   auto registry = std::make_shared<prometheus::Registry>();
-  metrics::AddBuildInfo(*registry, "worker");
-  metrics::WorkerMetrics worker_metrics(*registry, device);
+  metrics::AddBuildInfo(*registry, "worker",
+                        {{"model", absl::GetFlag(FLAGS_model)},
+                         {"preset", absl::GetFlag(FLAGS_preset)},
+                         {"weights", absl::GetFlag(FLAGS_weights)}});
+  metrics::WorkerMetrics worker_metrics(*registry);
+  std::unique_ptr<DeviceMemoryProbe> memory = DeviceMemoryProbe::Create(device);
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   WorkerAgentOptions options;
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
@@ -113,7 +118,7 @@ int Main(int argc, char** argv) {
                                    << log::Kv("threads", GetTorchThreads())
                                    << log::Kv("metrics", options.metrics_endpoint)
                                    << log::Kv("runtime", TorchDescription());
-  WorkerAgent agent(options, loader, &worker_metrics);
+  WorkerAgent agent(options, loader, &worker_metrics, memory.get());
   std::thread signals([&agent, stop_signals] {
     int sig = 0;
     sigwait(&stop_signals, &sig);

@@ -16,8 +16,10 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/clamp_min.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/grid_sampler.h>
@@ -67,7 +69,7 @@ constexpr int64_t kInterpolationBilinear = 0;
 constexpr int64_t kPaddingZeros = 0;
 constexpr int64_t kPaddingBorder = 1;
 
-// On CPU one frame's temporaries (~36 bytes per pixel) stay cache-friendly and cancellation is
+// On CPU one frame's temporaries (~31 bytes per pixel) stay cache-friendly and cancellation is
 // checked every frame; on CUDA several frames per launch amortise kernel launches.
 constexpr int kCpuFramesPerStep = 1;
 constexpr int kCudaFramesPerStep = 8;
@@ -283,8 +285,10 @@ absl::StatusOr<c10::Device> ParseDevice(const std::string& device) {
         absl::StrCat("device \"", device, "\": expected \"cpu\" or \"cuda:N\""));
   }
   const int index = std::stoi(index_text);
-  const size_t count = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
-  if (static_cast<size_t>(index) >= count) {
+  // device_count()'s return type differs across LibTorch versions (size_t, DeviceIndex).
+  const int64_t count =
+      torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+  if (index >= count) {
     return absl::UnavailableError(
         absl::StrCat("device ", device, ": not available (", count, " CUDA devices)"));
   }
@@ -365,8 +369,15 @@ class WarpRollout final : public ModelRollout {
         height_(height),
         frames_(frames),
         frames_per_chunk_(frames_per_chunk),
-        frames_per_step_(device.is_cpu() ? kCpuFramesPerStep : kCudaFramesPerStep),
-        black_fill_(black_fill) {}
+        frames_per_step_(std::min({device.is_cpu() ? kCpuFramesPerStep : kCudaFramesPerStep,
+                                   frames_per_chunk, frames})),
+        black_fill_(black_fill) {
+    // Reused by every step: fresh multi-megabyte buffers per frame cost more in page faults
+    // (glibc hands large blocks back to the kernel on free) than the arithmetic that fills them.
+    const at::TensorOptions options = state_.source.options();
+    q_workspace_ = at::empty({frames_per_step_, 3, height, width}, options);
+    inverse_z_workspace_ = at::empty({frames_per_step_, 1, height, width}, options);
+  }
 
   absl::StatusOr<std::optional<FrameChunk>> NextChunk(RolloutControl& control) override {
     return CatchTorch("next chunk", [&] { return NextChunkOrThrow(control); });
@@ -374,7 +385,7 @@ class WarpRollout final : public ModelRollout {
 
  private:
   absl::StatusOr<std::optional<FrameChunk>> NextChunkOrThrow(RolloutControl& control);
-  at::Tensor BuildGrids(int64_t first, int64_t count) const;
+  at::Tensor BuildGrids(int64_t first, int64_t count);
   void Render(const at::Tensor& grids, const at::Tensor& rgb) const;
 
   const WarpState state_;
@@ -385,6 +396,8 @@ class WarpRollout final : public ModelRollout {
   const int frames_per_chunk_;
   const int frames_per_step_;
   const bool black_fill_;
+  at::Tensor q_workspace_;          // [frames_per_step, 3, H, W]; its x/y planes become the grid
+  at::Tensor inverse_z_workspace_;  // [frames_per_step, 1, H, W]
   int next_frame_ = 0;
 };
 
@@ -413,6 +426,8 @@ absl::StatusOr<std::optional<FrameChunk>> WarpRollout::NextChunkOrThrow(
       StageTimer timer(control, ModelStage::kDecode);
       Render(grids, out.narrow(0, done, count));
     }
+    // Progress counts finished frames of the whole rollout: step k of `frames_` means frame k-1
+    // is done.
     for (int i = 0; i < count; ++i) {
       control.OnStep(ModelStage::kBackbone, chunk.first_frame + done + i + 1, frames_);
     }
@@ -427,7 +442,7 @@ absl::StatusOr<std::optional<FrameChunk>> WarpRollout::NextChunkOrThrow(
 // broadcast add of a per-column and a per-row term (no [H*W, 3] pixel tensor, no matmul). The
 // planar layout keeps every elementwise op running along contiguous rows (an interleaved
 // [.., W, 2] layout makes them ~5x slower), and grid_sample reads planar grids natively.
-at::Tensor WarpRollout::BuildGrids(int64_t first, int64_t count) const {
+at::Tensor WarpRollout::BuildGrids(int64_t first, int64_t count) {
   const at::Tensor n = state_.maps_n.narrow(0, first, count);  // [F, 3 (row), 3 (col)]
   const at::Tensor c = state_.maps_c.narrow(0, first, count).view({count, 2, 1, 1});
   const at::Tensor n_u = n.select(2, 0).reshape({count, 3, 1, 1});
@@ -436,11 +451,13 @@ at::Tensor WarpRollout::BuildGrids(int64_t first, int64_t count) const {
   const at::Tensor per_column = state_.u_centres.view({1, 1, 1, width_}).mul(n_u);  // [F,3,1,W]
   const at::Tensor per_row =
       at::addcmul(n_1, state_.v_centres.view({1, 1, height_, 1}), n_v);  // [F,3,H,1]
-  const at::Tensor q = per_column.add(per_row);                           // [F,3,H,W]
+  at::Tensor q = q_workspace_.narrow(0, 0, count);  // [F,3,H,W]
+  at::add_out(q, per_column, per_row);
   const at::Tensor q_z = q.narrow(1, 2, 1);
   // Clamping instead of masking keeps misses finite and pointing off-image (see FrameMap).
-  const at::Tensor inverse_z = q_z.clamp_min(kMinInverseDistance).reciprocal_();
-  // In place over q's x/y planes: saves a [F, 2, H, W] allocation per step.
+  at::Tensor inverse_z = inverse_z_workspace_.narrow(0, 0, count);
+  at::clamp_min_out(inverse_z, q_z, kMinInverseDistance).reciprocal_();
+  // In place over q's x/y planes.
   at::Tensor grids = q.narrow(1, 0, 2);
   at::addcmul_out(grids, c, grids, inverse_z);
   if (black_fill_) {
