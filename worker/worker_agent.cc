@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/logging.h"
+#include "worker/models/torch_runtime.h"
 #include "worker/rollout_runner.h"
 #include "wmserve/v1/worker.grpc.pb.h"
 
@@ -361,6 +362,7 @@ void WorkerAgent::StartRollout(Connection& conn, const std::string& id,
   r->thread = std::thread([this, &conn, r, id, model, request = std::move(request)] {
     WM_LOG(kInfo, "rollout_state") << Kv("rollout", id) << Kv("state", "RUNNING")
                                    << Kv("frames", request.num_frames());
+    InitTorchThread();
     StreamSink sink([&conn](const v1::WorkerMessage& m) { return conn.Write(m); }, id);
     const absl::Time start = absl::Now();
     RolloutRunnerOptions runner_options;

@@ -1,4 +1,5 @@
 // wmserve-worker: loads a model on one device, dials the scheduler, runs rollouts it is given.
+#include <malloc.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -62,6 +63,12 @@ int Main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+
+  // Frames are multi-MB buffers allocated per chunk. glibc serves such blocks with mmap and
+  // returns them on free, so each chunk would page-fault its memory in again; keep them in the
+  // heap instead (measured: ~10 ms per 1280x704 frame of page faults otherwise).
+  ::mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 512 << 20);
 
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());

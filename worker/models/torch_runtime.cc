@@ -17,6 +17,8 @@ void SetTorchThreads(int threads) {
 
 int GetTorchThreads() { return at::get_num_threads(); }
 
+void InitTorchThread() { at::init_num_threads(); }
+
 std::string TorchDescription() {
   return std::string("torch ") + TORCH_VERSION + (at::hasCUDA() ? " (cuda)" : " (cpu)");
 }

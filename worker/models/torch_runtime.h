@@ -11,6 +11,9 @@ namespace wmserve::worker {
 // Intra-op threads for CPU kernels; <= 0 keeps LibTorch's default.
 void SetTorchThreads(int threads);
 int GetTorchThreads();
+// Applies the process's thread setting to the calling thread. LibTorch's OpenMP builds keep the
+// thread count per OS thread, so every rollout thread calls this before running a model.
+void InitTorchThread();
 // "torch 1.13.0 (cpu)" etc., for logs and build info.
 std::string TorchDescription();
 
