@@ -6,24 +6,76 @@
 
 namespace wmserve::scheduler {
 
+const char* PriorityName(Priority p) {
+  switch (p) {
+    case Priority::kHigh: return "high";
+    case Priority::kNormal: return "normal";
+    case Priority::kLow: return "low";
+  }
+  return "unknown";
+}
+
+double ServiceCost(const QueuedRollout& rollout) {
+  return std::max<double>(1.0, rollout.num_frames);
+}
+
+PlanCapacity::PlanCapacity(const std::vector<WorkerSlots>& workers) : workers_(&workers) {
+  free_slots_.reserve(workers.size());
+  free_memory_.reserve(workers.size());
+  for (const WorkerSlots& w : workers) {
+    free_slots_.push_back(std::max(0, w.free_slots));
+    free_memory_.push_back(w.free_memory_bytes);
+    total_free_slots_ += free_slots_.back();
+  }
+}
+
+bool PlanCapacity::Fits(int worker, const QueuedRollout& rollout) const {
+  if (free_slots_[worker] == 0 || rollout.state_bytes > free_memory_[worker]) return false;
+  const auto& models = (*workers_)[worker].models;
+  return std::find(models.begin(), models.end(), rollout.model) != models.end();
+}
+
+int PlanCapacity::BestWorker(const QueuedRollout& rollout) const {
+  int best = -1;
+  for (int w = 0; w < static_cast<int>(free_slots_.size()); ++w) {
+    if (!Fits(w, rollout)) continue;
+    if (best < 0) {
+      best = w;
+      continue;
+    }
+    // Lexicographic preference; strict comparisons keep the first listed on ties.
+    const bool loaded = (*workers_)[w].model_loaded, best_loaded = (*workers_)[best].model_loaded;
+    if (loaded != best_loaded) {
+      if (loaded) best = w;
+    } else if (free_slots_[w] != free_slots_[best]) {
+      if (free_slots_[w] > free_slots_[best]) best = w;
+    } else if (free_memory_[w] > free_memory_[best]) {
+      best = w;
+    }
+  }
+  return best;
+}
+
+void PlanCapacity::Take(int worker, const QueuedRollout& rollout) {
+  --free_slots_[worker];
+  --total_free_slots_;
+  if (free_memory_[worker] != WorkerSlots::kMemoryNotReported) {
+    free_memory_[worker] -= rollout.state_bytes;
+  }
+}
+
 std::vector<Assignment> FifoPolicy::Schedule(const std::vector<QueuedRollout>& queue,
                                              const std::vector<WorkerSlots>& workers,
+                                             const TenantLedger& /*ledger*/,
                                              absl::Time /*now*/) const {
-  std::vector<int> free(workers.size());
-  for (size_t w = 0; w < workers.size(); ++w) free[w] = std::max(0, workers[w].free_slots);
-
+  PlanCapacity capacity(workers);
   std::vector<Assignment> plan;
   for (const QueuedRollout& rollout : queue) {
-    int best = -1;
-    for (size_t w = 0; w < workers.size(); ++w) {
-      if (free[w] == 0) continue;
-      const auto& models = workers[w].models;
-      if (std::find(models.begin(), models.end(), rollout.model) == models.end()) continue;
-      if (best < 0 || free[w] > free[best]) best = static_cast<int>(w);
-    }
-    if (best < 0) continue;  // nothing free for this model; later models may still fit
-    --free[best];
-    plan.push_back({rollout.rollout_id, workers[best].worker_id});
+    if (capacity.Exhausted()) break;
+    const int w = capacity.BestWorker(rollout);
+    if (w < 0) continue;  // nothing fits this one; later rollouts may still fit
+    capacity.Take(w, rollout);
+    plan.push_back({rollout.rollout_id, capacity.worker_id(w)});
   }
   return plan;
 }

@@ -14,22 +14,49 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "scheduler/tenant_ledger.h"
 
 namespace wmserve::scheduler {
 
+// Priority classes, most urgent first. FairSharePolicy gives a lower class only capacity that no
+// rollout of a higher class (after aging) can use.
+enum class Priority { kHigh = 0, kNormal = 1, kLow = 2 };
+inline constexpr int kNumPriorities = 3;
+// 0 for kHigh .. kNumPriorities - 1 for kLow: an index for per-class arrays.
+inline constexpr int PriorityIndex(Priority p) { return static_cast<int>(p); }
+// "high", "normal", "low": for messages and metric labels.
+const char* PriorityName(Priority p);
+
+// A rollout waiting to start, as the policy sees it.
 struct QueuedRollout {
   std::string rollout_id;
   std::string model;
-  absl::Time enqueued_at;
-  int priority = 0;    // reserved for the priority policy; FIFO ignores it
-  std::string tenant;  // reserved for fair queuing; FIFO ignores it
+  absl::Time enqueued_at = {};
+  Priority priority = Priority::kNormal;
+  std::string tenant = {};   // "" is the tenant "default" (see TenantKey)
+  double tenant_weight = 1;  // its tenant's share relative to other tenants; <= 0 counts as 1
+  absl::Time deadline = absl::InfiniteFuture();  // when the client stops waiting
+  uint32_t num_frames = 0;   // frames the rollout will generate (its service cost)
+  uint64_t state_bytes = 0;  // device memory it holds while running; 0 = negligible
 };
 
-// A worker as the policy sees it: what it serves and how many more rollouts it can take.
+// The service a rollout costs its tenant when it starts, in the units TenantLedger counts:
+// frames generated (at least 1, so frameless rollouts are not free). The hub charges this.
+double ServiceCost(const QueuedRollout& rollout);
+
+// A worker as the policy sees it: what it serves and how much more it can take.
 struct WorkerSlots {
+  static constexpr uint64_t kMemoryNotReported = UINT64_MAX;
+
   std::string worker_id;
   std::vector<std::string> models;
   int free_slots = 0;  // max_concurrent - running; <= 0 means full
+  // Device memory not yet promised to running rollouts. kMemoryNotReported = no limit known:
+  // memory never blocks this worker and is not debited.
+  uint64_t free_memory_bytes = kMemoryNotReported;
+  // The model weights are resident (no load before the first frame). Every worker that lists
+  // a model serves it; placement prefers workers where it is resident.
+  bool model_loaded = true;
 };
 
 struct Assignment {
@@ -40,25 +67,59 @@ struct Assignment {
   }
 };
 
+// Capacity left on each worker while one plan is built: every policy places through this, so
+// no plan gives a worker more rollouts than its free slots, a rollout to a worker that does not
+// serve its model, or more state_bytes than its free memory (assignments earlier in the same
+// plan included). That is what makes out-of-memory impossible by construction, provided the
+// caller reports free_memory_bytes net of what running rollouts were promised.
+class PlanCapacity {
+ public:
+  explicit PlanCapacity(const std::vector<WorkerSlots>& workers);
+
+  // True if `worker` (an index into the workers given) can take `rollout` now.
+  bool Fits(int worker, const QueuedRollout& rollout) const;
+  // The worker that should take `rollout`, or -1 if none fits. Among those that fit prefer,
+  // in order: the model resident (model_loaded), most free slots, most free memory, first listed.
+  int BestWorker(const QueuedRollout& rollout) const;
+  // Debits one slot and rollout.state_bytes on `worker`; precondition Fits(worker, rollout).
+  void Take(int worker, const QueuedRollout& rollout);
+  // No worker has a free slot left.
+  bool Exhausted() const { return total_free_slots_ == 0; }
+
+  int free_slots(int worker) const { return free_slots_[worker]; }
+  uint64_t free_memory_bytes(int worker) const { return free_memory_[worker]; }
+  const std::string& worker_id(int worker) const { return (*workers_)[worker].worker_id; }
+
+ private:
+  const std::vector<WorkerSlots>* workers_;  // the caller's; outlives this plan-local object
+  std::vector<int> free_slots_;
+  std::vector<uint64_t> free_memory_;
+  int total_free_slots_ = 0;
+};
+
 class QueuePolicy {
  public:
   virtual ~QueuePolicy() = default;
   // Returns the rollouts to start now, in start order. Must not assign more rollouts to a
-  // worker than its free_slots, nor a rollout to a worker that does not serve its model, nor
-  // the same rollout twice. `queue` is in arrival order.
+  // worker than its free_slots, more state_bytes than its free_memory_bytes, a rollout to a
+  // worker that does not serve its model, nor the same rollout twice (use PlanCapacity).
+  // `queue` is in arrival order. `ledger` is the service each tenant received so far (the
+  // caller charges ServiceCost() for every rollout it starts); policies may ignore it.
   virtual std::vector<Assignment> Schedule(const std::vector<QueuedRollout>& queue,
                                            const std::vector<WorkerSlots>& workers,
+                                           const TenantLedger& ledger,
                                            absl::Time now) const = 0;
 };
 
 // First come, first served per model: walks the queue in arrival order and gives each rollout
-// the serving worker with the most free slots (ties: first listed). A rollout whose model has
-// no free worker does not block rollouts of other models behind it.
+// PlanCapacity::BestWorker (with every model resident and memory unreported: the serving worker
+// with the most free slots, ties first listed). A rollout that fits no worker does not block
+// rollouts behind it. Ignores priority, tenants and the ledger.
 class FifoPolicy : public QueuePolicy {
  public:
   std::vector<Assignment> Schedule(const std::vector<QueuedRollout>& queue,
                                    const std::vector<WorkerSlots>& workers,
-                                   absl::Time now) const override;
+                                   const TenantLedger& ledger, absl::Time now) const override;
 };
 
 // Bounded queue in arrival order. Not thread-safe (the owner serialises access).

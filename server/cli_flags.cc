@@ -10,6 +10,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "server/logging.h"
 
 namespace wmserve {
 namespace {
@@ -64,6 +65,23 @@ absl::Status ParseDaemonFlags(int argc, char** argv, std::string (*config_path)(
   const std::string config = config_path();
   if (config.empty()) return absl::OkStatus();
   return ApplyConfigFile(config, from_cli);
+}
+
+absl::StatusOr<sigset_t> InitDaemon(const std::string& process_name,
+                                    const std::string& log_level) {
+  log::SetProcessName(process_name);
+  log::Level level;
+  if (!log::ParseLevel(log_level, &level)) {
+    return absl::InvalidArgumentError("--log-level must be debug|info|warning|error");
+  }
+  log::SetLevel(level);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  return stop_signals;
 }
 
 }  // namespace wmserve

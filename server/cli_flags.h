@@ -6,9 +6,12 @@
 #ifndef WMSERVE_SERVER_CLI_FLAGS_H_
 #define WMSERVE_SERVER_CLI_FLAGS_H_
 
+#include <signal.h>
+
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace wmserve {
 
@@ -16,6 +19,11 @@ namespace wmserve {
 // absl::ParseCommandLine). If `config_flag_value` is non-empty after parsing, that file is
 // applied too. Returns the config error, if any.
 absl::Status ParseDaemonFlags(int argc, char** argv, std::string (*config_path)());
+
+// Common daemon start-up after flag parsing: sets the log process name and level (`log_level`
+// as for --log-level), ignores SIGPIPE and blocks SIGTERM/SIGINT in this thread — and so in
+// every thread started later — so one thread can take them with sigwait(). Returns that set.
+absl::StatusOr<sigset_t> InitDaemon(const std::string& process_name, const std::string& log_level);
 
 }  // namespace wmserve
 

@@ -99,20 +99,9 @@ int Main(int argc, char** argv) {
       !s.ok()) {
     return Fail(s);
   }
-  log::SetProcessName("scheduler");
-  log::Level level;
-  if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
-    return Fail(absl::InvalidArgumentError("--log-level must be debug|info|warning|error"));
-  }
-  log::SetLevel(level);
-
-  // Signals are taken by one thread with sigwait; every other thread inherits this mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  absl::StatusOr<sigset_t> stop_signals =
+      InitDaemon("scheduler", absl::GetFlag(FLAGS_log_level));
+  if (!stop_signals.ok()) return Fail(stop_signals.status());
 
   auto registry = std::make_shared<prometheus::Registry>();
   metrics::AddBuildInfo(*registry, "scheduler");
@@ -191,7 +180,7 @@ int Main(int argc, char** argv) {
   });
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  sigwait(&*stop_signals, &signal_number);
   WM_LOG(kInfo, "scheduler_draining") << log::Kv("signal", signal_number)
                                       << log::Kv("timeout_s", absl::GetFlag(FLAGS_drain_timeout_s));
   server->GetHealthCheckService()->SetServingStatus(false);

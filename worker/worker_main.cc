@@ -50,19 +50,9 @@ int Main(int argc, char** argv) {
   }
   std::string name = absl::GetFlag(FLAGS_name);
   if (name.empty()) name = "worker-" + std::to_string(::getpid());
-  log::SetProcessName(name);
-  log::Level level;
-  if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
-    return Fail("--log-level must be debug|info|warning|error");
-  }
-  log::SetLevel(level);
-
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  absl::StatusOr<sigset_t> init = InitDaemon(name, absl::GetFlag(FLAGS_log_level));
+  if (!init.ok()) return Fail(init.status().ToString());
+  const sigset_t stop_signals = *init;
 
   // Frames are multi-MB buffers allocated per chunk. glibc serves such blocks with mmap and
   // returns them on free, so each chunk would page-fault its memory in again; keep them in the

@@ -20,6 +20,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/rollout_client.h"
+#include "worker/media/image_io.h"
+#include <gtest/gtest.h>
 
 namespace wmserve::testing {
 
@@ -44,7 +46,9 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
+}  // namespace
+
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log_path) {
   std::vector<std::string> args = argv;
   std::vector<char*> cargv;
   for (auto& a : args) cargv.push_back(a.data());
@@ -66,8 +70,6 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
   return pid;
 }
 
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<SchedulerProcess>> SchedulerProcess::Start(
     const SchedulerConfig& config) {
   std::unique_ptr<SchedulerProcess> p(new SchedulerProcess());
@@ -81,7 +83,7 @@ absl::StatusOr<std::unique_ptr<SchedulerProcess>> SchedulerProcess::Start(
                                    "--worker-args", config.worker_args + " --metrics-listen 127.0.0.1:0",
                                    "--drain-timeout-s", "20"};
   argv.insert(argv.end(), config.extra_args.begin(), config.extra_args.end());
-  p->pid_ = Spawn(argv, p->dir_ + "/scheduler.log");
+  p->pid_ = SpawnLogged(argv, p->dir_ + "/scheduler.log");
   if (p->pid_ < 0) return absl::InternalError("fork failed");
 
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
@@ -222,9 +224,35 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
   return response.substr(body + 4);
 }
 
+v1::RolloutRequest MakeWarpRequest(client::TrajectoryPreset preset, int frames, double amount,
+                                   const media::RgbImage& image, uint64_t seed) {
+  client::PresetOptions opts;
+  opts.frames = frames;
+  opts.fps = 16;
+  opts.image_width = image.width;
+  opts.image_height = image.height;
+  opts.hfov_degrees = 60;
+  if (preset == client::TrajectoryPreset::kYaw || preset == client::TrajectoryPreset::kOrbit) {
+    opts.degrees = amount;
+  } else {
+    opts.meters = amount;
+  }
+  auto traj = client::MakePresetTrajectory(preset, opts);
+  EXPECT_TRUE(traj.ok()) << traj.status();
+  auto png = media::EncodePng(image);
+  EXPECT_TRUE(png.ok()) << png.status();
+  client::RequestOptions ro;
+  ro.output.set_width(image.width);
+  ro.output.set_height(image.height);
+  ro.output.set_quality(v1::QUALITY_FAST);
+  auto req = client::BuildRolloutRequestFromImage("warp", *png, *traj, seed, ro);
+  EXPECT_TRUE(req.ok()) << req.status();
+  return req.ok() ? *req : v1::RolloutRequest();
+}
+
 int RunCommand(const std::vector<std::string>& argv, std::string* output) {
   const std::string log = MakeTempDir() + "/cmd.log";
-  const pid_t pid = Spawn(argv, log);
+  const pid_t pid = SpawnLogged(argv, log);
   int status = 0;
   ::waitpid(pid, &status, 0);
   if (output) *output = ReadFile(log);

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "wmserve/v1/rollout.grpc.pb.h"
+#include "client/trajectory_presets.h"
 #include "worker/media/rgb_image.h"
 
 namespace wmserve::testing {
@@ -64,6 +65,16 @@ media::RgbImage MakeTestImage(int width, int height, int seed = 0);
 
 // Plain HTTP GET on loopback; returns the body.
 absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path);
+
+// A warp-model request over a preset trajectory (hfov 60 degrees, 16 fps, x264 fast) whose
+// output size is the image's, so the first frame must reproduce `image`. `amount` is degrees
+// for yaw/orbit, metres for pan/forward.
+v1::RolloutRequest MakeWarpRequest(client::TrajectoryPreset preset, int frames, double amount,
+                                   const media::RgbImage& image, uint64_t seed = 7);
+
+// Starts `argv` with stdout+stderr appended to `log_path` (if non-empty) and a parent-death
+// signal, so it never outlives the test. Returns the pid, or -1.
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log_path);
 
 // Runs a command, returns its exit code; stdout+stderr go to `output` if non-null.
 int RunCommand(const std::vector<std::string>& argv, std::string* output);

@@ -303,23 +303,8 @@ class PrometheusProcess {
                                      "--storage.tsdb.path=" + dir + "/tsdb",
                                      "--web.listen-address=" + p->address_,
                                      "--log.level=info"};
-    std::vector<char*> cargv;
-    for (auto& a : argv) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) return absl::InternalError("fork failed");
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      const int fd = ::open(p->log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, STDOUT_FILENO);
-        ::dup2(fd, STDERR_FILENO);
-        ::close(fd);
-      }
-      ::execv(cargv[0], cargv.data());
-      ::_exit(127);
-    }
-    p->pid_ = pid;
+    p->pid_ = SpawnLogged(argv, p->log_path_);
+    if (p->pid_ < 0) return absl::InternalError("fork failed");
 
     // Ready when GET /-/ready says so (503 "Service Unavailable" while starting).
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
@@ -413,32 +398,6 @@ class PrometheusProcess {
 };
 
 // ----- Requests ----------------------------------------------------------------------------------
-
-v1::RolloutRequest MakeRequest(client::TrajectoryPreset preset, int frames, double amount,
-                               const media::RgbImage& image) {
-  client::PresetOptions opts;
-  opts.frames = frames;
-  opts.fps = 16;
-  opts.image_width = image.width;
-  opts.image_height = image.height;
-  opts.hfov_degrees = 60;
-  if (preset == client::TrajectoryPreset::kYaw || preset == client::TrajectoryPreset::kOrbit) {
-    opts.degrees = amount;
-  } else {
-    opts.meters = amount;
-  }
-  auto traj = client::MakePresetTrajectory(preset, opts);
-  EXPECT_TRUE(traj.ok()) << traj.status();
-  auto png = media::EncodePng(image);
-  EXPECT_TRUE(png.ok()) << png.status();
-  client::RequestOptions ro;
-  ro.output.set_width(image.width);
-  ro.output.set_height(image.height);
-  ro.output.set_quality(v1::QUALITY_FAST);
-  auto req = client::BuildRolloutRequestFromImage("warp", *png, *traj, /*seed=*/11, ro);
-  EXPECT_TRUE(req.ok()) << req.status();
-  return *req;
-}
 
 // ----- The test ----------------------------------------------------------------------------------
 
@@ -589,9 +548,9 @@ TEST_F(PrometheusE2E, PrometheusScrapesSchedulerAndFileSdWorkersAndSeesTheRollou
   // --- Three rollouts, one after another; record what the client saw.
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 5);
   const v1::RolloutRequest requests[] = {
-      MakeRequest(client::TrajectoryPreset::kYaw, 16, 5, image),
-      MakeRequest(client::TrajectoryPreset::kPan, 20, 0.2, image),
-      MakeRequest(client::TrajectoryPreset::kForward, 24, 0.3, image),
+      MakeWarpRequest(client::TrajectoryPreset::kYaw, 16, 5, image),
+      MakeWarpRequest(client::TrajectoryPreset::kPan, 20, 0.2, image),
+      MakeWarpRequest(client::TrajectoryPreset::kForward, 24, 0.3, image),
   };
   constexpr int kRollouts = 3;
   int total_frames = 0;

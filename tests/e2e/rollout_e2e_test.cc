@@ -31,34 +31,6 @@ constexpr int kWidth = 640;
 constexpr int kHeight = 352;
 constexpr double kHfovDeg = 60;
 
-// A request for the warp model over a preset trajectory, with an image already at the output size
-// (so the first frame must reproduce it).
-v1::RolloutRequest MakeRequest(client::TrajectoryPreset preset, int frames, double amount,
-                               const media::RgbImage& image) {
-  client::PresetOptions opts;
-  opts.frames = frames;
-  opts.fps = 16;
-  opts.image_width = image.width;
-  opts.image_height = image.height;
-  opts.hfov_degrees = kHfovDeg;
-  if (preset == client::TrajectoryPreset::kYaw || preset == client::TrajectoryPreset::kOrbit) {
-    opts.degrees = amount;
-  } else {
-    opts.meters = amount;
-  }
-  auto traj = client::MakePresetTrajectory(preset, opts);
-  EXPECT_TRUE(traj.ok()) << traj.status();
-  auto png = media::EncodePng(image);
-  EXPECT_TRUE(png.ok()) << png.status();
-  client::RequestOptions ro;
-  ro.output.set_width(image.width);
-  ro.output.set_height(image.height);
-  ro.output.set_quality(v1::QUALITY_FAST);
-  auto req = client::BuildRolloutRequestFromImage("warp", *png, *traj, /*seed=*/7, ro);
-  EXPECT_TRUE(req.ok()) << req.status();
-  return *req;
-}
-
 // Horizontal shift s (pixels) that best explains `later(x, y) = first(x + s, y)` over a central
 // patch, by exhaustive search over integer shifts with the sum of absolute differences.
 int BestHorizontalShift(const media::RgbImage& first, const media::RgbImage& later, int max_shift) {
@@ -125,9 +97,9 @@ TEST_F(RolloutE2E, ThreeConcurrentRolloutsOnTwoWorkersDecodeAsRequested) {
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 1);
   constexpr int kFrames = 24;
   constexpr double kYawDeg = 5;
-  const v1::RolloutRequest yaw = MakeRequest(client::TrajectoryPreset::kYaw, kFrames, kYawDeg, image);
-  const v1::RolloutRequest pan = MakeRequest(client::TrajectoryPreset::kPan, kFrames, 0.3, image);
-  const v1::RolloutRequest fwd = MakeRequest(client::TrajectoryPreset::kForward, kFrames, 0.5, image);
+  const v1::RolloutRequest yaw = MakeWarpRequest(client::TrajectoryPreset::kYaw, kFrames, kYawDeg, image);
+  const v1::RolloutRequest pan = MakeWarpRequest(client::TrajectoryPreset::kPan, kFrames, 0.3, image);
+  const v1::RolloutRequest fwd = MakeWarpRequest(client::TrajectoryPreset::kForward, kFrames, 0.5, image);
 
   std::vector<client::RolloutResult> results(3);
   std::vector<std::thread> threads;
@@ -207,7 +179,7 @@ TEST_F(RolloutE2E, CancelMidStreamStopsTheWorkerWhichTakesTheNextRollout) {
   StartScheduler(1);
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 3);
   // Long enough that it cannot finish before the cancel lands.
-  const v1::RolloutRequest long_req = MakeRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
+  const v1::RolloutRequest long_req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
 
   grpc::ClientContext ctx;
   client::RolloutCallbacks cb;
@@ -220,7 +192,7 @@ TEST_F(RolloutE2E, CancelMidStreamStopsTheWorkerWhichTakesTheNextRollout) {
   ASSERT_FALSE(id.empty());
 
   // The worker notices within one chunk and is free again: a short rollout now completes.
-  const v1::RolloutRequest short_req = MakeRequest(client::TrajectoryPreset::kPan, 16, 0.2, image);
+  const v1::RolloutRequest short_req = MakeWarpRequest(client::TrajectoryPreset::kPan, 16, 0.2, image);
   client::RolloutResult next = Run(short_req);
   ASSERT_TRUE(next.ok()) << client::FormatStatus(next.status);
   EXPECT_LT(absl::Now() - start, absl::Seconds(60));
@@ -257,7 +229,7 @@ TEST_F(RolloutE2E, CancelMidStreamStopsTheWorkerWhichTakesTheNextRollout) {
 TEST_F(RolloutE2E, KilledWorkerFailsItsRolloutUnavailableAndIsRespawned) {
   StartScheduler(1);
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 4);
-  const v1::RolloutRequest long_req = MakeRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
+  const v1::RolloutRequest long_req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
 
   grpc::ClientContext ctx;
   client::RolloutCallbacks cb;
@@ -290,7 +262,7 @@ TEST_F(RolloutE2E, KilledWorkerFailsItsRolloutUnavailableAndIsRespawned) {
   int dead = 0;
   for (const auto& w : workers->workers()) dead += w.state() == v1::WORKER_STATE_DEAD;
   EXPECT_EQ(dead, 1);
-  client::RolloutResult next = Run(MakeRequest(client::TrajectoryPreset::kPan, 16, 0.2, image));
+  client::RolloutResult next = Run(MakeWarpRequest(client::TrajectoryPreset::kPan, 16, 0.2, image));
   ASSERT_TRUE(next.ok()) << client::FormatStatus(next.status);
   auto metrics = HttpGet(scheduler_->metrics_address(), "/metrics");
   ASSERT_TRUE(metrics.ok());
@@ -301,7 +273,7 @@ TEST_F(RolloutE2E, SilentWorkerIsDeclaredDeadAfterMissedHeartbeats) {
   // A frozen worker keeps its TCP stream open; only the missing heartbeats reveal it.
   StartScheduler(1, {"--heartbeat-timeout-ms", "1500"});
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 7);
-  const v1::RolloutRequest long_req = MakeRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
+  const v1::RolloutRequest long_req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
   pid_t frozen = -1;
   std::string id;
   client::RolloutCallbacks cb;
@@ -327,7 +299,7 @@ TEST_F(RolloutE2E, SilentWorkerIsDeclaredDeadAfterMissedHeartbeats) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(30));
   // Thawed, the worker finds its stream closed, registers again and serves.
   ASSERT_TRUE(scheduler_->WaitForReadyWorkers(1, absl::Seconds(60)).ok());
-  client::RolloutResult next = Run(MakeRequest(client::TrajectoryPreset::kPan, 16, 0.2, image));
+  client::RolloutResult next = Run(MakeWarpRequest(client::TrajectoryPreset::kPan, 16, 0.2, image));
   EXPECT_TRUE(next.ok()) << client::FormatStatus(next.status);
 }
 
@@ -342,7 +314,7 @@ TEST_F(RolloutE2E, ConfigFileSetsFlagsAndCommandLineWins) {
   EXPECT_EQ(workers->workers_size(), 1);
   // With one worker busy and a queue of one, a third concurrent rollout is refused at once.
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 8);
-  const v1::RolloutRequest long_req = MakeRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
+  const v1::RolloutRequest long_req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
   grpc::ClientContext c1, c2;
   std::thread t1([&] { client::RunRollout(scheduler_->stub(), long_req, {}, &c1); });
   std::thread t2;
@@ -354,7 +326,7 @@ TEST_F(RolloutE2E, ConfigFileSetsFlagsAndCommandLineWins) {
   t2 = std::thread([&] { client::RunRollout(scheduler_->stub(), long_req, {}, &c2); });
   client::RolloutResult third;
   for (int i = 0; i < 100; ++i) {  // until the second one is queued
-    third = Run(MakeRequest(client::TrajectoryPreset::kPan, 8, 0.2, image));
+    third = Run(MakeWarpRequest(client::TrajectoryPreset::kPan, 8, 0.2, image));
     if (third.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
     absl::SleepFor(absl::Milliseconds(20));
   }
@@ -369,7 +341,7 @@ TEST_F(RolloutE2E, ConfigFileSetsFlagsAndCommandLineWins) {
 TEST_F(RolloutE2E, BadInputGetsPreciseStatusAndServerStaysUp) {
   StartScheduler(1);
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 5);
-  const v1::RolloutRequest good = MakeRequest(client::TrajectoryPreset::kYaw, 8, 5, image);
+  const v1::RolloutRequest good = MakeWarpRequest(client::TrajectoryPreset::kYaw, 8, 5, image);
 
   struct Case {
     std::string name;
@@ -429,7 +401,7 @@ TEST_F(RolloutE2E, HealthMetricsAndGracefulShutdown) {
 
   // A rollout in flight when SIGTERM arrives still completes; the scheduler then exits 0.
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 6);
-  const v1::RolloutRequest req = MakeRequest(client::TrajectoryPreset::kYaw, 96, 30, image);
+  const v1::RolloutRequest req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 96, 30, image);
   grpc::ClientContext ctx;
   client::RolloutCallbacks cb;
   bool signalled = false;
