@@ -89,6 +89,10 @@ absl::Status RolloutQueue::Push(QueuedRollout rollout) {
   return absl::OkStatus();
 }
 
+void RolloutQueue::PushFront(QueuedRollout rollout) {
+  items_.insert(items_.begin(), std::move(rollout));
+}
+
 bool RolloutQueue::Remove(const std::string& rollout_id) {
   auto it = std::find_if(items_.begin(), items_.end(),
                          [&](const QueuedRollout& r) { return r.rollout_id == rollout_id; });

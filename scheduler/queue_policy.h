@@ -129,6 +129,9 @@ class RolloutQueue {
 
   // RESOURCE_EXHAUSTED when `capacity` rollouts are already waiting.
   absl::Status Push(QueuedRollout rollout);
+  // Puts a rollout back at the head, ignoring the capacity: it was admitted once already (a
+  // rollout resuming after its worker was lost must not be refused).
+  void PushFront(QueuedRollout rollout);
   // Removes a rollout; false if it was not queued.
   bool Remove(const std::string& rollout_id);
   // 0-based position in arrival order, or -1 if not queued.

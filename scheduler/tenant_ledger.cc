@@ -42,7 +42,8 @@ double TenantLedger::NormalizedUsage(const std::string& tenant, double weight,
 }
 
 void TenantLedger::Prune(absl::Time now, double threshold) {
-  absl::erase_if(entries_, [&](const auto& kv) { return DecayedValue(kv.second, now) < threshold; });
+  absl::erase_if(entries_,
+                 [&](const auto& kv) { return DecayedValue(kv.second, now) < threshold; });
 }
 
 }  // namespace wmserve::scheduler

@@ -43,6 +43,11 @@ void WorkerRegistry::Heartbeat(const std::string& id, bool ready, uint64_t memor
   UpdateLoadState(w);
 }
 
+void WorkerRegistry::SetRolloutMemoryBudget(const std::string& id, uint64_t bytes) {
+  auto it = workers_.find(id);
+  if (it != workers_.end()) it->second.description.rollout_memory_bytes = bytes;
+}
+
 void WorkerRegistry::SetDraining(const std::string& id) {
   auto it = workers_.find(id);
   if (it != workers_.end() && it->second.state != WorkerState::kDead) {
@@ -60,6 +65,8 @@ std::set<std::string> WorkerRegistry::MarkDead(const std::string& id, const std:
   w.death_reason = reason;
   std::set<std::string> orphans;
   orphans.swap(w.running);
+  w.promised.clear();
+  w.promised_bytes = 0;
   return orphans;
 }
 
@@ -81,18 +88,28 @@ void WorkerRegistry::Prune(absl::Time now, absl::Duration retention) {
   }
 }
 
-void WorkerRegistry::AddRollout(const std::string& id, const std::string& rollout_id) {
+void WorkerRegistry::AddRollout(const std::string& id, const std::string& rollout_id,
+                                uint64_t state_bytes) {
   auto it = workers_.find(id);
   if (it == workers_.end()) return;
-  it->second.running.insert(rollout_id);
-  UpdateLoadState(it->second);
+  WorkerRecord& w = it->second;
+  if (w.running.insert(rollout_id).second && state_bytes > 0) {
+    w.promised[rollout_id] = state_bytes;
+    w.promised_bytes += state_bytes;
+  }
+  UpdateLoadState(w);
 }
 
 void WorkerRegistry::RemoveRollout(const std::string& id, const std::string& rollout_id) {
   auto it = workers_.find(id);
   if (it == workers_.end()) return;
-  it->second.running.erase(rollout_id);
-  UpdateLoadState(it->second);
+  WorkerRecord& w = it->second;
+  w.running.erase(rollout_id);
+  if (auto p = w.promised.find(rollout_id); p != w.promised.end()) {
+    w.promised_bytes -= p->second;
+    w.promised.erase(p);
+  }
+  UpdateLoadState(w);
 }
 
 void WorkerRegistry::UpdateLoadState(WorkerRecord& w) {
@@ -112,7 +129,10 @@ std::vector<WorkerSlots> WorkerRegistry::SchedulableSlots() const {
     if (w.state != WorkerState::kReady && w.state != WorkerState::kBusy) continue;
     const int free = w.description.max_concurrent - static_cast<int>(w.running.size());
     if (free <= 0) continue;
-    slots.push_back({id, w.description.models, free});
+    const uint64_t budget = w.description.rollout_memory_bytes;
+    const uint64_t free_memory = budget == 0 ? WorkerSlots::kMemoryNotReported
+                                             : budget - std::min(budget, w.promised_bytes);
+    slots.push_back({id, w.description.models, free, free_memory, /*model_loaded=*/true});
   }
   return slots;
 }

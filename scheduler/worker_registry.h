@@ -30,6 +30,10 @@ struct WorkerDescription {
   int max_concurrent = 1;
   uint64_t memory_total_bytes = 0;
   uint64_t memory_free_bytes = 0;
+  // Device memory the worker sets aside for rollout state once the model is loaded and warm:
+  // the budget the scheduler promises rollouts' state_bytes against. 0 = not reported (memory
+  // never limits placement on this worker).
+  uint64_t rollout_memory_bytes = 0;
   std::string metrics_endpoint;
   uint32_t pid = 0;
   bool ready = false;  // warm-up finished
@@ -40,6 +44,9 @@ struct WorkerRecord {
   WorkerDescription description;
   WorkerState state = WorkerState::kLoading;
   std::set<std::string> running;  // rollout ids assigned and not yet done
+  // state_bytes promised to each running rollout (same keys as `running`), and their sum.
+  std::map<std::string, uint64_t> promised;
+  uint64_t promised_bytes = 0;
   absl::Time registered_at;
   absl::Time last_heartbeat;
   absl::Time died_at = absl::InfinitePast();
@@ -53,6 +60,8 @@ class WorkerRegistry {
   // Heartbeat from the worker; `ready` true once warm-up finished. Ignored for dead workers.
   void Heartbeat(const std::string& id, bool ready, uint64_t memory_free_bytes, absl::Time now);
   void SetDraining(const std::string& id);
+  // Sets the worker's rollout memory budget (see WorkerDescription::rollout_memory_bytes).
+  void SetRolloutMemoryBudget(const std::string& id, uint64_t bytes);
   // Marks the worker dead and returns the rollouts it was running (now orphaned).
   std::set<std::string> MarkDead(const std::string& id, const std::string& reason, absl::Time now);
   // Workers alive but silent for longer than `timeout`; the caller then MarkDead()s them.
@@ -60,13 +69,17 @@ class WorkerRegistry {
   // Forgets dead workers older than `retention`.
   void Prune(absl::Time now, absl::Duration retention);
 
-  // Assign/finish a rollout on a worker; updates READY/BUSY.
-  void AddRollout(const std::string& id, const std::string& rollout_id);
+  // Assign/finish a rollout on a worker; updates READY/BUSY. `state_bytes` is the memory the
+  // rollout was promised (QueuedRollout::state_bytes); it is returned by RemoveRollout/MarkDead.
+  void AddRollout(const std::string& id, const std::string& rollout_id,
+                  uint64_t state_bytes = 0);
   void RemoveRollout(const std::string& id, const std::string& rollout_id);
 
   const WorkerRecord* Find(const std::string& id) const;
   const std::map<std::string, WorkerRecord>& workers() const { return workers_; }
   // Slots of workers that can take work (READY or BUSY with room), for the policy.
+  // free_memory_bytes is rollout_memory_bytes minus what running rollouts were promised, or
+  // WorkerSlots::kMemoryNotReported when the worker reported no budget.
   std::vector<WorkerSlots> SchedulableSlots() const;
   // True if any live worker (any state but DEAD) lists `model`.
   bool AnyLiveWorkerServes(const std::string& model) const;

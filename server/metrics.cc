@@ -12,10 +12,11 @@ namespace {
 constexpr const char* kOutcomes[] = {"succeeded", "cancelled", "failed"};
 // Why a rollout ended (the scheduler's view).
 constexpr const char* kRolloutEndReasons[] = {
-    "completed",    "client_cancel",  "cancel_rpc", "worker_lost", "worker_error",
-    "slow_client",  "protocol_error", "shutdown"};
-constexpr const char* kRejectReasons[] = {"invalid_argument", "unknown_model",
-                                                               "queue_full", "shutdown"};
+    "completed",   "client_cancel",  "cancel_rpc", "worker_lost", "worker_error",
+    "slow_client", "protocol_error", "shutdown",   "deadline"};
+constexpr const char* kRejectReasons[] = {"invalid_argument", "unknown_model", "queue_full",
+                                          "deadline", "shutdown"};
+constexpr const char* kPriorities[] = {"high", "normal", "low"};
 constexpr const char* kRestartReasons[] = {"exit", "signal"};
 constexpr const char* kWorkerStates[] = {"LOADING", "READY", "BUSY",
                                                               "DRAINING", "DEAD"};
@@ -126,6 +127,11 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& r)
                      .Help("Video bytes (init + media segments) relayed to clients.")
                      .Register(r)
                      .Add({})),
+      resumes(prometheus::BuildCounter()
+                  .Name("wmserve_resumes_total")
+                  .Help("Rollouts moved to another worker after losing theirs.")
+                  .Register(r)
+                  .Add({})),
       rollouts_(prometheus::BuildCounter()
                     .Name("wmserve_rollouts_total")
                     .Help("Rollouts that reached a terminal state, by outcome and reason.")
@@ -151,7 +157,7 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& r)
   for (const char* reason : kRejectReasons) rejections_.Add({{"reason", reason}});
   for (const char* reason : kRestartReasons) restarts_.Add({{"reason", reason}});
   for (const char* state : kWorkerStates) workers_.Add({{"state", state}});
-  waiting_.Add({{"priority", "default"}});
+  for (const char* p : kPriorities) waiting_.Add({{"priority", p}});
 }
 
 void SchedulerMetrics::RolloutEnded(absl::string_view outcome, absl::string_view reason) {
@@ -166,7 +172,7 @@ void SchedulerMetrics::WorkerRestarted(absl::string_view reason) {
   restarts_.Add({{"reason", Bounded(reason, kRestartReasons)}}).Increment();
 }
 void SchedulerMetrics::SetWaiting(absl::string_view priority, double n) {
-  waiting_.Add({{"priority", Bounded(priority, {"default"})}}).Set(n);
+  waiting_.Add({{"priority", Bounded(priority, kPriorities)}}).Set(n);
 }
 void SchedulerMetrics::SetWorkers(absl::string_view state, double n) {
   workers_.Add({{"state", Bounded(state, kWorkerStates)}}).Set(n);

@@ -59,10 +59,11 @@ class SchedulerMetrics {
 
   // outcome: succeeded|cancelled|failed; reason: see kRolloutEndReasons in metrics.cc.
   void RolloutEnded(absl::string_view outcome, absl::string_view reason);
-  // reason: invalid_argument|unknown_model|queue_full|shutdown.
+  // reason: invalid_argument|unknown_model|queue_full|deadline|shutdown.
   void Rejected(absl::string_view reason);
   // reason: exit|signal.
   void WorkerRestarted(absl::string_view reason);
+  // priority: high|normal|low.
   void SetWaiting(absl::string_view priority, double n);
   // state: LOADING|READY|BUSY|DRAINING|DEAD.
   void SetWorkers(absl::string_view state, double n);
@@ -76,6 +77,7 @@ class SchedulerMetrics {
   prometheus::Histogram& realtime_factor;
   prometheus::Counter& chunks_sent;
   prometheus::Counter& bytes_sent;
+  prometheus::Counter& resumes;
 
  private:
   prometheus::Family<prometheus::Counter>& rollouts_;

@@ -24,6 +24,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -47,7 +48,20 @@ ABSL_FLAG(std::string, worker_binary, "",
           "Path of wmserve-worker for local workers (default: next to this binary).");
 ABSL_FLAG(std::string, models, "warp",
           "Comma-separated models accepted before any worker serving them has connected.");
-ABSL_FLAG(int, max_queue, 256, "Rollouts allowed to wait; more get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_queue, 256,
+          "Rollouts allowed to wait per priority class; more get RESOURCE_EXHAUSTED with a "
+          "retry-after hint.");
+ABSL_FLAG(int, aging_step_s, 30,
+          "A waiting rollout rises one priority class per this many seconds (no starvation).");
+ABSL_FLAG(std::string, tenant_weights, "",
+          "Fair-share weights, e.g. \"teamA=2,teamB=1\" (others weigh 1).");
+ABSL_FLAG(int, max_resumes, 3, "Times a rollout may move to another worker after losing one.");
+ABSL_FLAG(int, rollout_buffer_mb, 64, "Per-rollout buffer of recent chunks for Attach (MiB).");
+ABSL_FLAG(int, max_reattach_grace_s, 600, "Upper bound on a request's reattach_grace_s.");
+ABSL_FLAG(int, quarantine_after, 5,
+          "Refuse a worker name lost this many times within 10 minutes (0 = never).");
+ABSL_FLAG(int, no_worker_timeout_s, 30,
+          "A queued rollout whose model no live worker serves this long fails UNAVAILABLE.");
 ABSL_FLAG(int, heartbeat_timeout_ms, 5000, "A worker silent this long is declared DEAD.");
 ABSL_FLAG(int, drain_timeout_s, 30, "On SIGTERM, how long in-flight rollouts may finish.");
 ABSL_FLAG(int, max_request_mb, 64, "Largest accepted gRPC message (MiB).");
@@ -116,7 +130,25 @@ int Main(int argc, char** argv) {
   }
 
   SchedulerOptions options;
-  options.max_queue = static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_max_queue)));
+  const size_t max_queue = static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_max_queue)));
+  options.max_queued = {max_queue, max_queue, max_queue};
+  options.fair_share.aging_step = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_aging_step_s)));
+  options.max_resumes = std::max(0, absl::GetFlag(FLAGS_max_resumes));
+  options.quarantine_after = std::max(0, absl::GetFlag(FLAGS_quarantine_after));
+  options.rollout_buffer_bytes =
+      static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_rollout_buffer_mb))) << 20;
+  options.max_reattach_grace = absl::Seconds(std::max(0, absl::GetFlag(FLAGS_max_reattach_grace_s)));
+  options.no_worker_timeout = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_no_worker_timeout_s)));
+  for (absl::string_view kv :
+       absl::StrSplit(absl::GetFlag(FLAGS_tenant_weights), ',', absl::SkipWhitespace())) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    double w = 0;
+    if (!absl::SimpleAtod(parts.second, &w) || !(w > 0)) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--tenant-weights: \"", kv, "\" is not tenant=positive-number")));
+    }
+    options.tenant_weights[parts.first] = w;
+  }
   options.heartbeat_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
   options.file_sd_path = absl::GetFlag(FLAGS_file_sd_path);
   options.known_models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());

@@ -19,30 +19,11 @@
 #include "absl/time/time.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
+#include "server/rollout_hub.h"
 #include "wmserve/v1/rollout.grpc.pb.h"
 #include "wmserve/v1/worker.grpc.pb.h"
 
 namespace wmserve::server {
-
-struct SchedulerOptions {
-  // Rollouts allowed to wait; the next one gets RESOURCE_EXHAUSTED.
-  size_t max_queue = 256;
-  // Workers send a heartbeat this often; silent for `heartbeat_timeout` -> DEAD.
-  absl::Duration heartbeat_interval = absl::Seconds(1);
-  absl::Duration heartbeat_timeout = absl::Seconds(5);
-  // DEAD workers stay visible in ListWorkers this long.
-  absl::Duration dead_worker_retention = absl::Minutes(5);
-  // Finished rollouts kept for GetRollout / idempotent Cancel.
-  size_t finished_rollouts_retained = 4096;
-  // Models accepted (and queued) even while no worker serving them is connected, e.g. the
-  // models the local workers will load. Others need a registered worker, or get NOT_FOUND.
-  std::vector<std::string> known_models = {"warp"};
-  RequestLimits limits;
-  // A client that falls this far behind the stream is cut off with RESOURCE_EXHAUSTED.
-  size_t max_client_backlog_bytes = 256u << 20;
-  // If set, a Prometheus file_sd JSON file listing live workers' /metrics endpoints.
-  std::string file_sd_path;
-};
 
 class RolloutHub;
 

@@ -7,10 +7,18 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/optional.h"
 
 namespace wmserve {
 
+// Carries a retry-after payload (see WithRetryAfter) into the standard gRPC rich-error trailer
+// as google.rpc.RetryInfo.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+// Attaches a retry-after hint to `status` (RESOURCE_EXHAUSTED, UNAVAILABLE).
+absl::Status WithRetryAfter(absl::Status status, absl::Duration retry_after);
+// The hint from a grpc::Status's details, if any (client side).
+absl::optional<absl::Duration> RetryAfter(const grpc::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 // Status codes share numbering between gRPC and Abseil; these convert the raw integer used in
 // proto messages (RolloutDone.status_code).

@@ -278,6 +278,16 @@ void WorkerAgent::Serve() {
                   hb.mutable_heartbeat()->set_state(ready() ? v1::WORKER_STATE_READY
                                                             : v1::WORKER_STATE_LOADING);
                   hb.mutable_heartbeat()->set_memory_free_bytes(HostAvailableBytes());
+                  hb.mutable_heartbeat()->set_memory_total_bytes(HostTotalBytes());
+                  if (ready()) {
+                    absl::MutexLock lock(&mu_);
+                    for (const auto& m : models_) {
+                      v1::ModelMemory* mm = hb.mutable_heartbeat()->add_model_memory();
+                      mm->set_model(m->descriptor().name);
+                      mm->set_weights_bytes(m->descriptor().weights_bytes);
+                      mm->set_rollout_state_bytes(m->descriptor().rollout_state_bytes);
+                    }
+                  }
                   reported_ready = ready();
                   if (!conn.Write(hb)) break;
                   PublishState();
