@@ -496,6 +496,15 @@ void RolloutHub::Tick() {
                                                                                  : "worker_lost";
     if (Rollout* r = FindLocked(id)) EndLocked(*r, status, reason);
   }
+  for (const std::string& id : finished_order_) {
+    Rollout* r = FindLocked(id);
+    if (r == nullptr || r->buffer.empty()) continue;
+    if (now - r->finished > options_.finished_buffer_retention) {
+      r->buffer.clear();
+      r->buffer_bytes = 0;
+      r->init_event.reset();
+    }
+  }
   registry_.Prune(now, options_.dead_worker_retention);
   ledger_.Prune(now, 1e-3);
   metrics_->send_queue_bytes.Set(static_cast<double>(send_queue_bytes_.load()));
@@ -673,7 +682,16 @@ void RolloutHub::EndLocked(Rollout& r, const absl::Status& status, const std::st
   const grpc::Status end = ToGrpcStatus(status);
   for (const Attached& a : r.clients) a.stream->Close(end);
   r.clients.clear();
+  // Keep only what GetRollout reports. A failed or cancelled rollout cannot be continued, so its
+  // chunk buffer goes now; a finished one keeps it briefly for clients that re-attach to fetch
+  // the last chunks (Tick drops it after finished_buffer_retention).
   r.request.clear_image();
+  r.request.clear_trajectory();
+  if (!status.ok()) {
+    r.buffer.clear();
+    r.buffer_bytes = 0;
+    r.init_event.reset();
+  }
   finished_order_.push_back(r.id);
   while (finished_order_.size() > options_.finished_rollouts_retained) {
     auto old = rollouts_.find(finished_order_.front());

@@ -66,6 +66,8 @@ struct SchedulerOptions {
   std::string file_sd_path;
   // Per-rollout buffer of recent chunks for Attach; the init segment is always kept.
   size_t rollout_buffer_bytes = 64u << 20;
+  // A finished rollout's buffer is kept this long for late re-attaches, then dropped.
+  absl::Duration finished_buffer_retention = absl::Seconds(30);
   // Upper bound on a request's reattach_grace_s.
   absl::Duration max_reattach_grace = absl::Minutes(10);
   // Times a rollout may be moved to another worker after losing one.
@@ -145,7 +147,7 @@ class RolloutHub {
   void CountInvalidRequest() { metrics_->Rejected("invalid_argument"); }
   // Bytes queued in all client streams; reactors add and subtract, Tick() publishes.
   std::atomic<int64_t>& send_queue_bytes() { return send_queue_bytes_; }
-  // Heartbeat expiry, deadlines, grace periods, no-worker timeouts, pruning; every ~200 ms.
+  // Heartbeat expiry, deadlines, grace periods, no-worker timeouts, pruning; every ~100 ms.
   void Tick() ABSL_LOCKS_EXCLUDED(mu_);
   void StopAccepting() ABSL_LOCKS_EXCLUDED(mu_);
   bool WaitIdle(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);

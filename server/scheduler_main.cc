@@ -58,6 +58,8 @@ ABSL_FLAG(std::string, tenant_weights, "",
 ABSL_FLAG(int, max_resumes, 3, "Times a rollout may move to another worker after losing one.");
 ABSL_FLAG(int, rollout_buffer_mb, 64, "Per-rollout buffer of recent chunks for Attach (MiB).");
 ABSL_FLAG(int, max_reattach_grace_s, 600, "Upper bound on a request's reattach_grace_s.");
+ABSL_FLAG(int, respawn_backoff_max_ms, 30000,
+          "Longest wait before respawning a local worker that keeps exiting (doubles from 500 ms).");
 ABSL_FLAG(int, quarantine_after, 5,
           "Refuse a worker name lost this many times within 10 minutes (0 = never).");
 ABSL_FLAG(int, no_worker_timeout_s, 30,
@@ -186,6 +188,8 @@ int Main(int argc, char** argv) {
         (host == "0.0.0.0" || host == "[::]" || host.empty()) ? absl::StrCat("127.0.0.1:", port)
                                                                : bound;
     lw.extra_args = absl::StrSplit(absl::GetFlag(FLAGS_worker_args), ' ', absl::SkipWhitespace());
+    lw.max_backoff = absl::Milliseconds(std::max(1, absl::GetFlag(FLAGS_respawn_backoff_max_ms)));
+    lw.min_backoff = std::min(lw.min_backoff, lw.max_backoff);
     auto started = LocalWorkerSupervisor::Start(lw, &scheduler_metrics);
     if (!started.ok()) return Fail(started.status());
     local_workers = *std::move(started);
@@ -207,7 +211,7 @@ int Main(int argc, char** argv) {
   std::thread ticker([&] {
     while (!stop.load()) {
       scheduler.Tick();
-      absl::SleepFor(absl::Milliseconds(200));
+      absl::SleepFor(absl::Milliseconds(100));
     }
   });
 

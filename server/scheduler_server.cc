@@ -290,7 +290,11 @@ class RolloutServiceImpl : public v1::RolloutService::CallbackService {
 
   grpc::ServerWriteReactor<v1::RolloutEvent>* Rollout(grpc::CallbackServerContext* ctx,
                                                       const v1::RolloutRequest* request) override {
-    return new RolloutReactor(hub_, options_, request, FromChrono(ctx->deadline()));
+    // The hub ends a rollout a little before the call's own deadline so that it, not the
+    // transport, decides the outcome: the worker is told and the status is recorded.
+    absl::Time deadline = FromChrono(ctx->deadline());
+    if (deadline != absl::InfiniteFuture()) deadline -= absl::Milliseconds(250);
+    return new RolloutReactor(hub_, options_, request, deadline);
   }
 
   grpc::ServerWriteReactor<v1::RolloutEvent>* Attach(grpc::CallbackServerContext*,

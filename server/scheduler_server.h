@@ -35,7 +35,7 @@ class SchedulerServer {
   grpc::Service* rollout_service();
   grpc::Service* worker_gateway();
 
-  // Heartbeat expiry and housekeeping; call every ~200 ms.
+  // Heartbeat expiry and housekeeping; call every ~100 ms.
   void Tick();
   // Graceful shutdown, step 1: refuse new rollouts (UNAVAILABLE); queued and running continue.
   void StopAccepting();
