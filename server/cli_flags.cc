@@ -58,6 +58,9 @@ absl::Status ParseDaemonFlags(int argc, char** argv, std::string (*config_path)(
     const std::string name = Underscored(a.substr(0, eq));
     from_cli.insert(name);
     args[i] = absl::StrCat("--", name, eq == absl::string_view::npos ? "" : a.substr(eq));
+    // `--flag value`: the value is data, even when it starts with dashes (--worker-args "...").
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (eq == absl::string_view::npos && flag != nullptr && !flag->IsOfType<bool>()) ++i;
   }
   std::vector<char*> normalized;
   for (auto& a : args) normalized.push_back(a.data());

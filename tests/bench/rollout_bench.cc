@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/rollout_client.h"
 #include "client/trajectory_presets.h"
@@ -34,6 +36,8 @@ struct Args {
   int threads = 0;
   int frames_per_chunk = 16;
   std::string quality = "fast";
+  std::string model = "warp";
+  int concurrent = 1;  // rollouts in flight at once (relay throughput)
 };
 
 double Percentile(std::vector<double> v, double p) {
@@ -57,6 +61,8 @@ int Main(int argc, char** argv) {
     else if (k == "--threads" && num) a.threads = n;
     else if (k == "--frames-per-chunk" && num) a.frames_per_chunk = n;
     else if (k == "--quality") a.quality = v;
+    else if (k == "--model") a.model = v;
+    else if (k == "--concurrent" && num) a.concurrent = n;
     else {
       std::fprintf(stderr, "rollout_bench: bad argument %s %s\n", k.c_str(), v.c_str());
       return 2;
@@ -65,8 +71,9 @@ int Main(int argc, char** argv) {
   SchedulerConfig config;
   config.local_workers = a.workers;
   config.worker_args = absl::StrCat("--device cpu --threads ", a.threads, " --frames-per-chunk ",
-                                    a.frames_per_chunk, " --log-level warning");
-  config.extra_args = {"--log-level", "warning"};
+                                    a.frames_per_chunk, " --log-level warning --model ", a.model,
+                                    " --max-concurrent ", a.concurrent);
+  config.extra_args = {"--log-level", "warning", "--models", a.model};
   auto sched = SchedulerProcess::Start(config);
   if (!sched.ok()) {
     std::fprintf(stderr, "%s\n", sched.status().ToString().c_str());
@@ -90,7 +97,7 @@ int Main(int argc, char** argv) {
   ro.output.set_quality(a.quality == "high"       ? v1::QUALITY_HIGH
                         : a.quality == "balanced" ? v1::QUALITY_BALANCED
                                                   : v1::QUALITY_FAST);
-  auto req = client::BuildRolloutRequestFromImage("warp", *png, *traj, 1, ro);
+  auto req = client::BuildRolloutRequestFromImage(a.model, *png, *traj, 1, ro);
   if (!req.ok()) {
     std::fprintf(stderr, "%s\n", req.status().ToString().c_str());
     return 1;
@@ -98,25 +105,49 @@ int Main(int argc, char** argv) {
 
   std::vector<double> relay_ms;
   std::vector<double> fps;
-  for (int r = 0; r < a.rollouts; ++r) {
-    grpc::ClientContext ctx;
-    client::RolloutCallbacks cb;
-    cb.keep_video_bytes = false;
-    cb.on_chunk = [&](const v1::VideoChunk& c) {
-      relay_ms.push_back(absl::ToDoubleMilliseconds(
-          absl::Now() - absl::FromUnixNanos(c.encoded_at_unix_nanos())));
-    };
-    const absl::Time start = absl::Now();
-    client::RolloutResult res = client::RunRollout((*sched)->stub(), *req, cb, &ctx);
-    const double secs = absl::ToDoubleSeconds(absl::Now() - start);
-    if (!res.ok()) {
-      std::fprintf(stderr, "rollout failed: %s\n", client::FormatStatus(res.status).c_str());
-      return 1;
-    }
-    fps.push_back(a.frames / secs);
-    std::printf("rollout %d: %d frames %dx%d in %.2f s = %.1f frames/s\n", r, a.frames, a.width,
-                a.height, secs, a.frames / secs);
+  absl::Mutex mu;
+  uint64_t total_chunks = 0, total_bytes = 0;
+  std::atomic<int> next{0};
+  std::atomic<bool> failed{false};
+  const absl::Time bench_start = absl::Now();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < a.concurrent; ++t) {
+    threads.emplace_back([&] {
+      for (int r; (r = next++) < a.rollouts;) {
+        grpc::ClientContext ctx;
+        client::RolloutCallbacks cb;
+        cb.keep_video_bytes = false;
+        cb.on_chunk = [&](const v1::VideoChunk& c) {
+          const double ms = absl::ToDoubleMilliseconds(
+              absl::Now() - absl::FromUnixNanos(c.encoded_at_unix_nanos()));
+          absl::MutexLock lock(&mu);
+          relay_ms.push_back(ms);
+          ++total_chunks;
+          total_bytes += c.data().size();
+        };
+        const absl::Time start = absl::Now();
+        client::RolloutResult res = client::RunRollout((*sched)->stub(), *req, cb, &ctx);
+        const double secs = absl::ToDoubleSeconds(absl::Now() - start);
+        if (!res.ok()) {
+          std::fprintf(stderr, "rollout failed: %s\n", client::FormatStatus(res.status).c_str());
+          failed = true;
+          return;
+        }
+        absl::MutexLock lock(&mu);
+        fps.push_back(a.frames / secs);
+        std::printf("rollout %d: %d frames %dx%d in %.2f s = %.1f frames/s\n", r, a.frames,
+                    a.width, a.height, secs, a.frames / secs);
+      }
+    });
   }
+  for (auto& t : threads) t.join();
+  if (failed) return 1;
+  const double wall = absl::ToDoubleSeconds(absl::Now() - bench_start);
+  std::printf("relay through the scheduler: %.0f chunks/s, %.1f MB/s (%lu chunks, %.1f MB in "
+              "%.2f s, %d in flight, model %s)\n",
+              total_chunks / wall, total_bytes / wall / 1e6,
+              static_cast<unsigned long>(total_chunks), total_bytes / 1e6, wall, a.concurrent,
+              a.model.c_str());
   std::printf("end-to-end frames/s: median %.1f (quality %s, %d worker(s), threads %d)\n",
               Percentile(fps, 0.5), a.quality.c_str(), a.workers, a.threads);
   std::printf("chunk relay latency (encoded -> client received), %zu chunks: p50 %.2f ms, "
