@@ -4,12 +4,10 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string>
 #include <fstream>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/match.h"
 #include "worker/models/torch_runtime.h"
 
 namespace wmserve::worker {
@@ -86,13 +84,37 @@ struct Nvml {
   }
 };
 
+// Non-negative decimal integer, or -1. (Standard library only: this file also builds in the
+// LibTorch-only GPU build.)
+int ParseIndex(const std::string& text) {
+  if (text.empty() || text.size() > 6) return -1;
+  int n = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return -1;
+    n = n * 10 + (c - '0');
+  }
+  return n;
+}
+
 // CUDA ordinal -> NVML index, honouring a numeric CUDA_VISIBLE_DEVICES list.
 unsigned NvmlIndexFor(int cuda_index) {
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   if (visible == nullptr || *visible == '\0') return static_cast<unsigned>(cuda_index);
-  std::vector<std::string> ids = absl::StrSplit(visible, ',');
-  unsigned n = 0;
-  if (cuda_index < static_cast<int>(ids.size()) && absl::SimpleAtoi(ids[cuda_index], &n)) return n;
+  std::vector<std::string> ids;
+  std::string current;
+  for (const char* p = visible;; ++p) {
+    if (*p == ',' || *p == '\0') {
+      ids.push_back(current);
+      current.clear();
+      if (*p == '\0') break;
+    } else {
+      current += *p;
+    }
+  }
+  if (cuda_index < static_cast<int>(ids.size())) {
+    const int n = ParseIndex(ids[cuda_index]);
+    if (n >= 0) return static_cast<unsigned>(n);
+  }
   return static_cast<unsigned>(cuda_index);
 }
 
@@ -147,9 +169,9 @@ class CudaProbe : public DeviceMemoryProbe {
 }  // namespace
 
 std::unique_ptr<DeviceMemoryProbe> DeviceMemoryProbe::Create(const std::string& device) {
-  int index = 0;
-  if (absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &index)) {
-    return std::make_unique<CudaProbe>(index);
+  if (device.rfind("cuda:", 0) == 0) {
+    const int index = ParseIndex(device.substr(5));
+    if (index >= 0) return std::make_unique<CudaProbe>(index);
   }
   return std::make_unique<CpuProbe>();
 }

@@ -99,6 +99,18 @@ void WorkerAgent::PublishState() {
   metrics_->SetState(state);
 }
 
+// The memory rollouts on this worker compete for: the GPU's (NVML) on CUDA, the host's on CPU.
+WorkerAgent::DeviceCapacity WorkerAgent::Capacity() const {
+  DeviceCapacity c{HostTotalBytes(), HostAvailableBytes()};
+  if (memory_ != nullptr && memory_->is_cuda()) {
+    for (const auto& [pool, bytes] : memory_->Sample(0, 0).pools) {
+      if (pool == "total") c.total = bytes;
+      if (pool == "free") c.free = bytes;
+    }
+  }
+  return c;
+}
+
 void WorkerAgent::PublishMemory() {
   if (metrics_ == nullptr || memory_ == nullptr) return;
   uint64_t weights = 0, state = 0;
@@ -248,8 +260,9 @@ void WorkerAgent::Serve() {
   // scheduler can queue for them while we warm up.
   for (const std::string& model : options_.models) reg->add_models()->set_name(model);
   reg->set_max_concurrent_rollouts(static_cast<uint32_t>(options_.max_concurrent));
-  reg->set_memory_total_bytes(HostTotalBytes());
-  reg->set_memory_free_bytes(HostAvailableBytes());
+  const DeviceCapacity capacity = Capacity();
+  reg->set_memory_total_bytes(capacity.total);
+  reg->set_memory_free_bytes(capacity.free);
   reg->set_state(ready() ? v1::WORKER_STATE_READY : v1::WORKER_STATE_LOADING);
   reg->set_metrics_endpoint(options_.metrics_endpoint);
   reg->set_pid(static_cast<uint32_t>(::getpid()));
@@ -277,8 +290,9 @@ void WorkerAgent::Serve() {
                   v1::WorkerMessage hb;
                   hb.mutable_heartbeat()->set_state(ready() ? v1::WORKER_STATE_READY
                                                             : v1::WORKER_STATE_LOADING);
-                  hb.mutable_heartbeat()->set_memory_free_bytes(HostAvailableBytes());
-                  hb.mutable_heartbeat()->set_memory_total_bytes(HostTotalBytes());
+                  const DeviceCapacity capacity = Capacity();
+                  hb.mutable_heartbeat()->set_memory_free_bytes(capacity.free);
+                  hb.mutable_heartbeat()->set_memory_total_bytes(capacity.total);
                   if (ready()) {
                     absl::MutexLock lock(&mu_);
                     for (const auto& m : models_) {

@@ -81,6 +81,11 @@ class WorkerAgent {
   ModelLoader loader_;
   metrics::WorkerMetrics* const metrics_;
   DeviceMemoryProbe* const memory_;
+  struct DeviceCapacity {
+    uint64_t total = 0;
+    uint64_t free = 0;
+  };
+  DeviceCapacity Capacity() const;
   void PublishState() ABSL_LOCKS_EXCLUDED(mu_);
   void PublishMemory() ABSL_LOCKS_EXCLUDED(mu_);
 
