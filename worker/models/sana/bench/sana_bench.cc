@@ -1,0 +1,556 @@
+// File: sana_bench — timings of the SANA-WM port's pieces at a preset's true shapes.
+//
+// LibTorch + the standard library only (builds in the model-only build, -DWMSERVE_MODEL_ONLY=ON).
+//
+//   sana_bench [--device cpu|cuda:N] [--dtype fp32|bf16|fp16] [--preset tiny|sana-wm-2.6b]
+//              [--config FILE] [--what all|GROUP|NAME[,...]] [--iters N] [--warmup N]
+//              [--threads N] [--latent-frames T] [--gdn-method chunked|recurrent] [--list]
+//
+// Benchmarks are rows of a table (BenchmarkTable below): a name, a group (--what gdn selects
+// every "gdn" row) and a prepare function that builds the inputs once, on the device, and
+// returns the call to time. The full-model rows ("model.*": a streaming chunk forward, the
+// KV-save pass, a bidirectional forward) join the table when the forward lands.
+//
+// Each row: `warmup` untimed calls, then `iters` timed calls, each bracketed by a device
+// synchronisation (host wall clock; on CUDA this includes the launch overhead of the call).
+// Reported: median / min / max ms per call, and peak memory over the timed calls:
+//   * CUDA: the caching allocator's peak allocated bytes (reset after warm-up), and that peak
+//     minus what was allocated before the timed calls (the call's own transient memory);
+//   * CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs after warm-up),
+//     and that peak minus the RSS before the timed calls.
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/rand.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
+
+#if WMSERVE_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "worker/models/sana/camera.h"
+#include "worker/models/sana/gdn.h"
+#include "worker/models/sana/sana_config.h"
+
+namespace wmserve::worker::sana {
+namespace {
+
+// --- options -------------------------------------------------------------------------------
+
+struct Options {
+  std::string device = "cpu";
+  std::string dtype = "fp32";
+  std::string preset = "tiny";
+  std::string config_file;  // overrides --preset
+  std::string what = "all";
+  int iters = 0;  // 0: 20 on CUDA or for tiny, 10 otherwise
+  int warmup = 2;
+  int threads = 0;          // 0: LibTorch's default
+  int latent_frames = 121;  // camera.prepare: the rollout length (121 = 961 pixel frames, 60 s)
+  std::string gdn_method = "chunked";
+  bool list = false;
+};
+
+const char kUsage[] =
+    "usage: sana_bench [--device cpu|cuda:N] [--dtype fp32|bf16|fp16]\n"
+    "                  [--preset tiny|sana-wm-2.6b] [--config FILE]\n"
+    "                  [--what all|GROUP|NAME[,...]] [--iters N] [--warmup N] [--threads N]\n"
+    "                  [--latent-frames T] [--gdn-method chunked|recurrent] [--list]\n";
+
+int ParseInt(const std::string& flag, const std::string& value, int min) {
+  try {
+    size_t used = 0;
+    const int v = std::stoi(value, &used);
+    if (used == value.size() && v >= min) return v;
+  } catch (const std::exception&) {
+  }
+  throw std::invalid_argument(flag + ": expected an integer >= " + std::to_string(min) + ", got '" +
+                              value + "'");
+}
+
+Options ParseOptions(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    const size_t eq = arg.find('=');
+    const bool has_inline = arg.rfind("--", 0) == 0 && eq != std::string::npos;
+    if (has_inline) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    }
+    auto next = [&]() -> std::string {
+      if (has_inline) return value;
+      if (i + 1 >= argc) throw std::invalid_argument(arg + ": missing value");
+      return argv[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    } else if (arg == "--list") {
+      o.list = true;
+    } else if (arg == "--device") {
+      o.device = next();
+    } else if (arg == "--dtype") {
+      o.dtype = next();
+    } else if (arg == "--preset") {
+      o.preset = next();
+    } else if (arg == "--config") {
+      o.config_file = next();
+    } else if (arg == "--what") {
+      o.what = next();
+    } else if (arg == "--iters") {
+      o.iters = ParseInt(arg, next(), 1);
+    } else if (arg == "--warmup") {
+      o.warmup = ParseInt(arg, next(), 0);
+    } else if (arg == "--threads") {
+      o.threads = ParseInt(arg, next(), 1);
+    } else if (arg == "--latent-frames") {
+      o.latent_frames = ParseInt(arg, next(), 1);
+    } else if (arg == "--gdn-method") {
+      o.gdn_method = next();
+    } else {
+      throw std::invalid_argument("unknown argument '" + arg + "'");
+    }
+  }
+  return o;
+}
+
+c10::ScalarType ParseDtype(const std::string& s) {
+  if (s == "fp32") return c10::ScalarType::Float;
+  if (s == "bf16") return c10::ScalarType::BFloat16;
+  if (s == "fp16") return c10::ScalarType::Half;
+  throw std::invalid_argument("--dtype: expected fp32, bf16 or fp16, got '" + s + "'");
+}
+
+// --- device helpers ------------------------------------------------------------------------
+
+struct Context {
+  Options options;
+  SanaConfig config;
+  c10::Device device = c10::Device(c10::kCPU);
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  GdnScanOptions gdn;
+
+  at::TensorOptions Float() const { return at::TensorOptions().device(device).dtype(at::kFloat); }
+};
+
+void Sync(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// Reads a "Key:   1234 kB" line of /proc/self/status, in bytes (0 if unavailable).
+int64_t ProcStatusBytes(const std::string& key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      std::istringstream s(line.substr(key.size() + 1));
+      int64_t kb = 0;
+      s >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+struct MemorySample {
+  int64_t baseline = 0;  // before the timed calls
+  int64_t peak = 0;      // peak over the timed calls
+  const char* kind = "";
+};
+
+// Resets the peak counter and returns the current usage.
+int64_t ResetPeakMemory(const c10::Device& device) {
+#if WMSERVE_WITH_CUDA
+  if (device.is_cuda()) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<int64_t>(stats.allocated_bytes[0].current);  // [0]: aggregate pool
+  }
+#else
+  (void)device;
+#endif
+  // Linux >= 4.0: writing 5 resets the peak RSS (VmHWM) to the current RSS.
+  std::ofstream("/proc/self/clear_refs") << "5";
+  return ProcStatusBytes("VmRSS");
+}
+
+MemorySample ReadPeakMemory(const c10::Device& device, int64_t baseline) {
+  MemorySample m;
+  m.baseline = baseline;
+#if WMSERVE_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    m.peak = static_cast<int64_t>(stats.allocated_bytes[0].peak);
+    m.kind = "cuda alloc";
+    return m;
+  }
+#else
+  (void)device;
+#endif
+  m.peak = ProcStatusBytes("VmHWM");
+  m.kind = "rss";
+  return m;
+}
+
+std::string DeviceDescription(const c10::Device& device) {
+  std::ostringstream s;
+  s << device;
+#if WMSERVE_WITH_CUDA
+  if (device.is_cuda()) {
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(device.index());
+    s << " (" << p->name << ", " << std::fixed << std::setprecision(1)
+      << static_cast<double>(p->totalGlobalMem) / (1024.0 * 1024.0 * 1024.0) << " GiB, sm_"
+      << p->major << p->minor << ")";
+  }
+#endif
+  return s.str();
+}
+
+// --- the benchmark table -------------------------------------------------------------------
+
+// A prepared benchmark: inputs live in the closure.
+struct Case {
+  std::string shape;              // human-readable shape of one call
+  std::string where;              // "device" or "host"
+  std::function<void()> call;     // the work to time
+  int64_t calls_per_forward = 0;  // > 0: print median * this as the cost per model forward
+};
+
+struct Benchmark {
+  std::string name;
+  std::string group;
+  std::string description;
+  std::function<Case(const Context&)> prepare;
+};
+
+std::string GdnShape(const Context& ctx, int64_t frames) {
+  const SanaConfig& c = ctx.config;
+  std::ostringstream s;
+  s << "B1 H" << c.num_heads() << " D" << c.head_dim() << " S" << c.tokens_per_frame() << " T"
+    << frames << " (N " << frames * c.tokens_per_frame() << ")";
+  return s.str();
+}
+
+int64_t GdnBlocks(const SanaConfig& c) {
+  return c.depth() - static_cast<int64_t>(c.SoftmaxBlocks().size());
+}
+
+// Random main-branch scan inputs of one streaming chunk in the layout of gdn.h: q/k ReLU'd,
+// k and k_rot scaled by 1/sqrt(D*S), in the benchmark dtype; gates in float32 (as
+// ComputeFrameGates returns them): beta in (0, 1) per token, decay in (0.5, 1) per frame.
+GdnScanInputs MakeGdnInputs(const Context& ctx, int64_t frames) {
+  const SanaConfig& c = ctx.config;
+  const int64_t h = c.num_heads(), d = c.head_dim(), s = c.tokens_per_frame();
+  const int64_t n = frames * s;
+  const double key_scale = GdnKeyScale(d, s);
+  const auto f = ctx.Float();
+  auto cast = [&](const at::Tensor& t) { return t.to(ctx.dtype); };
+  GdnScanInputs in;
+  in.q = cast(at::relu(at::randn({1, h, d, n}, f)));
+  in.k = cast(at::relu(at::randn({1, h, d, n}, f)).mul(key_scale));
+  in.v = cast(at::randn({1, h, d, n}, f));
+  in.q_rot = cast(at::randn({1, h, d, n}, f));
+  in.k_rot = cast(at::randn({1, h, d, n}, f).mul(key_scale));
+  in.beta = at::sigmoid(at::randn({1, h, frames, s}, f));
+  in.decay = at::rand({1, h, frames}, f).mul(0.5).add(0.5);
+  return in;
+}
+
+CamScanInputs ToCam(const GdnScanInputs& in) {
+  CamScanInputs cam;
+  cam.q_rot = in.q_rot;
+  cam.k_rot = in.k_rot;
+  cam.v = in.v;
+  cam.beta = in.beta;
+  cam.decay = in.decay;
+  return cam;
+}
+
+Case PrepareGdnFirstChunk(const Context& ctx) {
+  const int64_t frames = 1 + ctx.config.chunk_size;
+  auto in = std::make_shared<GdnScanInputs>(MakeGdnInputs(ctx, frames));
+  GdnScanOptions opts = ctx.gdn;
+  return {GdnShape(ctx, frames) + ", zero state", "device",
+          [in, opts] { (void)GdnStreamChunk(*in, GdnState{}, opts); }, GdnBlocks(ctx.config)};
+}
+
+Case PrepareGdnSteadyChunk(const Context& ctx) {
+  const int64_t frames = ctx.config.chunk_size;
+  const GdnScanOptions opts = ctx.gdn;
+  // The carried state of a real rollout: the forward state after a first chunk.
+  const GdnState carried = GdnStreamChunk(MakeGdnInputs(ctx, 1 + frames), GdnState{}, opts).state;
+  auto in = std::make_shared<GdnScanInputs>(MakeGdnInputs(ctx, frames));
+  return {GdnShape(ctx, frames) + ", carried state", "device",
+          [in, carried, opts] { (void)GdnStreamChunk(*in, carried, opts); }, GdnBlocks(ctx.config)};
+}
+
+Case PrepareCamSteadyChunk(const Context& ctx) {
+  const int64_t frames = ctx.config.chunk_size;
+  const GdnScanOptions opts = ctx.gdn;
+  const at::Tensor carried =
+      CamStreamChunk(ToCam(MakeGdnInputs(ctx, 1 + frames)), at::Tensor(), opts).state;
+  auto in = std::make_shared<CamScanInputs>(ToCam(MakeGdnInputs(ctx, frames)));
+  return {GdnShape(ctx, frames) + ", carried state", "device",
+          [in, carried, opts] { (void)CamStreamChunk(*in, carried, opts); }, GdnBlocks(ctx.config)};
+}
+
+// A smooth metric trajectory: +1 degree yaw and 0.1 m forward per pixel frame (the golden
+// set's trajectory A), constant intrinsics at the model resolution.
+std::pair<at::Tensor, at::Tensor> MakeTrajectory(const CameraGeometry& g, int64_t pixel_frames) {
+  const double kPi = 3.14159265358979323846;
+  at::Tensor c2w = at::zeros({pixel_frames, 4, 4}, at::kDouble);
+  auto a = c2w.accessor<double, 3>();
+  double x = 0, z = 0;
+  for (int64_t i = 0; i < pixel_frames; ++i) {
+    const double yaw = static_cast<double>(i) * kPi / 180.0;
+    const double cy = std::cos(yaw), sy = std::sin(yaw);
+    // R = R_y(yaw): columns are the camera axes in world coordinates.
+    a[i][0][0] = cy, a[i][0][2] = sy;
+    a[i][1][1] = 1;
+    a[i][2][0] = -sy, a[i][2][2] = cy;
+    if (i > 0) {
+      x += 0.1 * sy;
+      z += 0.1 * cy;
+    }
+    a[i][0][3] = x, a[i][2][3] = z;
+    a[i][3][3] = 1;
+  }
+  at::Tensor intr = at::empty({pixel_frames, 4}, at::kDouble);
+  intr.select(1, 0).fill_(0.8 * g.pixel_width);
+  intr.select(1, 1).fill_(0.8 * g.pixel_width);
+  intr.select(1, 2).fill_(0.5 * g.pixel_width);
+  intr.select(1, 3).fill_(0.5 * g.pixel_height);
+  return {c2w, intr};
+}
+
+Case PrepareCameraPrepare(const Context& ctx) {
+  const CameraGeometry g = CameraGeometry::FromConfig(ctx.config);
+  const int64_t latent = ctx.options.latent_frames;
+  const int64_t pixel = g.temporal_stride * (latent - 1) + 1;
+  auto traj = std::make_shared<std::pair<at::Tensor, at::Tensor>>(MakeTrajectory(g, pixel));
+  std::ostringstream shape;
+  shape << "F" << pixel << " px -> T" << latent << " x " << g.latent_height() << "x"
+        << g.latent_width() << ", plucker " << 6 * g.temporal_stride << " ch";
+  return {shape.str(), "host", [traj, g] { (void)PrepareCamera(traj->first, traj->second, g); }, 0};
+}
+
+Case PrepareRayMats(const Context& ctx) {
+  const CameraGeometry g = CameraGeometry::FromConfig(ctx.config);
+  const int64_t frames = 1 + ctx.config.chunk_size;
+  const auto traj = MakeTrajectory(g, g.temporal_stride * (frames - 1) + 1);
+  const CameraTensors cam = PrepareCamera(traj.first, traj.second, g);
+  const at::Tensor cond = cam.camera_conditions.unsqueeze(0).to(ctx.device);  // (1, T, 20)
+  const int64_t h = g.latent_height(), w = g.latent_width();
+  std::ostringstream shape;
+  shape << "B1 T" << frames << " x " << h << "x" << w << " -> (1," << frames << "," << h << "," << w
+        << ",4,4) f64";
+  return {shape.str(), "device", [cond, h, w] { (void)ComputeRayMats(cond, h, w); }, 1};
+}
+
+const std::vector<Benchmark>& BenchmarkTable() {
+  static const std::vector<Benchmark> table = {
+      {"gdn.stream.first", "gdn",
+       "GdnStreamChunk, main branch: the first streaming chunk (1 + chunk_size frames), zero "
+       "state",
+       PrepareGdnFirstChunk},
+      {"gdn.stream.steady", "gdn",
+       "GdnStreamChunk, main branch: a later chunk (chunk_size frames) from a carried state",
+       PrepareGdnSteadyChunk},
+      {"gdn.cam.steady", "gdn", "CamStreamChunk, camera branch: a later chunk from a carried state",
+       PrepareCamSteadyChunk},
+      {"camera.prepare", "camera",
+       "PrepareCamera on the host for a whole rollout of --latent-frames latent frames "
+       "(relative poses, raymap, chunk Plücker)",
+       PrepareCameraPrepare},
+      {"camera.raymats", "camera",
+       "ComputeRayMats: per-token UCPE ray matrices of a first chunk, once per forward",
+       PrepareRayMats},
+      // "model.*" rows (streaming chunk forward, KV-save pass, bidirectional forward) go here.
+  };
+  return table;
+}
+
+bool Selected(const Benchmark& b, const std::string& what) {
+  std::istringstream s(what);
+  std::string item;
+  while (std::getline(s, item, ',')) {
+    if (item == "all" || item == b.group || item == b.name) return true;
+  }
+  return false;
+}
+
+// --- measurement ---------------------------------------------------------------------------
+
+struct Result {
+  std::vector<double> ms;
+  MemorySample memory;
+};
+
+// Host rows ("host" work such as PrepareCamera) report the process RSS even on CUDA runs.
+Result Measure(const Context& ctx, const Case& c, int iters, int warmup) {
+  const c10::Device memory_device = c.where == "host" ? c10::Device(c10::kCPU) : ctx.device;
+  for (int i = 0; i < warmup; ++i) {
+    c.call();
+    Sync(ctx.device);
+  }
+  Result r;
+  const int64_t baseline = ResetPeakMemory(memory_device);
+  for (int i = 0; i < iters; ++i) {
+    Sync(ctx.device);
+    const auto t0 = std::chrono::steady_clock::now();
+    c.call();
+    Sync(ctx.device);
+    const auto t1 = std::chrono::steady_clock::now();
+    r.ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  r.memory = ReadPeakMemory(memory_device, baseline);
+  return r;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string Fixed(double v, int digits) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
+}
+
+double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
+int Run(const Options& o) {
+  if (o.list) {
+    for (const Benchmark& b : BenchmarkTable()) {
+      std::cout << std::left << std::setw(20) << b.name << std::setw(8) << b.group << b.description
+                << "\n";
+    }
+    return 0;
+  }
+  Context ctx;
+  ctx.options = o;
+  ctx.config =
+      o.config_file.empty() ? SanaConfig::Preset(o.preset) : SanaConfig::FromFile(o.config_file);
+  ctx.dtype = ParseDtype(o.dtype);
+  try {
+    ctx.device = c10::Device(o.device);
+  } catch (const c10::Error&) {
+    throw std::invalid_argument("--device: expected cpu or cuda:N, got '" + o.device + "'");
+  }
+  if (!ctx.device.is_cpu() && !ctx.device.is_cuda()) {
+    throw std::invalid_argument("--device: expected cpu or cuda:N, got '" + o.device + "'");
+  }
+  if (ctx.device.is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      throw std::runtime_error("--device " + o.device +
+                               ": no CUDA device (LibTorch without CUDA, or no GPU visible)");
+    }
+    if (!ctx.device.has_index()) ctx.device = c10::Device(c10::kCUDA, 0);
+    if (ctx.device.index() >= static_cast<int>(torch::cuda::device_count())) {
+      throw std::runtime_error("--device " + o.device + ": only " +
+                               std::to_string(static_cast<int>(torch::cuda::device_count())) +
+                               " CUDA device(s)");
+    }
+  }
+  if (o.gdn_method == "chunked") {
+    ctx.gdn.method = GdnScanMethod::kChunked;
+  } else if (o.gdn_method == "recurrent") {
+    ctx.gdn.method = GdnScanMethod::kRecurrent;
+  } else {
+    throw std::invalid_argument("--gdn-method: expected chunked or recurrent, got '" +
+                                o.gdn_method + "'");
+  }
+  if (o.threads > 0) at::set_num_threads(o.threads);
+  const int iters =
+      o.iters > 0 ? o.iters : (ctx.device.is_cuda() || ctx.config.name == "tiny" ? 20 : 10);
+
+  std::vector<const Benchmark*> rows;
+  for (const Benchmark& b : BenchmarkTable()) {
+    if (Selected(b, o.what)) rows.push_back(&b);
+  }
+  if (rows.empty()) {
+    throw std::invalid_argument("--what '" + o.what +
+                                "' matches no benchmark (see --list; groups: gdn, camera)");
+  }
+
+  c10::InferenceMode inference;
+  at::manual_seed(20260515);
+  const SanaConfig& c = ctx.config;
+  std::cout << "sana_bench: torch " << TORCH_VERSION << ", device " << DeviceDescription(ctx.device)
+            << ", dtype " << o.dtype << ", cpu threads " << at::get_num_threads() << "\n"
+            << "preset " << c.name << ": " << c.depth() << " blocks (" << GdnBlocks(c) << " GDN), "
+            << c.num_heads() << " heads x " << c.head_dim() << ", " << c.latent_height() << "x"
+            << c.latent_width() << " = " << c.tokens_per_frame() << " tokens/frame, chunks "
+            << 1 + c.chunk_size << "+" << c.chunk_size << "+..., gdn method " << o.gdn_method
+            << "; " << iters << " timed calls after " << o.warmup << " warm-up\n\n";
+  std::cout << std::left << std::setw(18) << "benchmark" << std::setw(44) << "shape" << std::right
+            << std::setw(11) << "median ms" << std::setw(10) << "min ms" << std::setw(10)
+            << "max ms" << std::setw(11) << "x/fwd ms" << std::setw(12) << "peak MiB"
+            << std::setw(12) << "+MiB call"
+            << "  memory\n";
+  for (const Benchmark* b : rows) {
+    const Case cs = b->prepare(ctx);
+    Sync(ctx.device);
+    const Result r = Measure(ctx, cs, iters, o.warmup);
+    const double med = Median(r.ms);
+    const auto [mn, mx] = std::minmax_element(r.ms.begin(), r.ms.end());
+    std::cout << std::left << std::setw(18) << b->name << std::setw(44) << cs.shape << std::right
+              << std::setw(11) << Fixed(med, 3) << std::setw(10) << Fixed(*mn, 3) << std::setw(10)
+              << Fixed(*mx, 3) << std::setw(11)
+              << (cs.calls_per_forward > 0
+                      ? Fixed(med * static_cast<double>(cs.calls_per_forward), 2)
+                      : std::string("-"))
+              << std::setw(12) << Fixed(MiB(r.memory.peak), 1) << std::setw(12)
+              << Fixed(MiB(std::max<int64_t>(r.memory.peak - r.memory.baseline, 0)), 1) << "  "
+              << r.memory.kind << (cs.where == "host" ? " (host work)" : "") << "\n";
+  }
+  std::cout << "\nx/fwd: median x calls per model forward (GDN rows: x " << GdnBlocks(c)
+            << " GDN blocks; raymats: once per forward). +MiB call: peak minus usage before the"
+            << " timed calls (rss: pages the allocator already holds are not counted again).\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace wmserve::worker::sana
+
+int main(int argc, char** argv) {
+  try {
+    return wmserve::worker::sana::Run(wmserve::worker::sana::ParseOptions(argc, argv));
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "sana_bench: " << e.what() << "\n" << wmserve::worker::sana::kUsage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "sana_bench: " << e.what() << "\n";
+    return 1;
+  }
+}
