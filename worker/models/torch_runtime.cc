@@ -7,6 +7,7 @@
 #if WMSERVE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/util/Exception.h>
 #endif
 
 namespace wmserve::worker {
@@ -29,17 +30,27 @@ CudaAllocatorStats GetCudaAllocatorStats(int device) {
   if (device < 0 || device >= static_cast<int>(c10::cuda::device_count())) return out;
   // Index 0 of each stat array is the aggregate over pool types in every LibTorch version we
   // build against (1.13: StatType::AGGREGATE; 2.x: the same enumerator, moved namespace).
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
-  out.available = true;
-  out.allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[0].current);
-  out.reserved_bytes = static_cast<uint64_t>(stats.reserved_bytes[0].current);
-  out.peak_allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[0].peak);
+  // Before the process's first CUDA allocation the allocator has no per-device state and
+  // throws ("Invalid device argument"); report "not available" until then.
+  try {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
+    out.available = true;
+    out.allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[0].current);
+    out.reserved_bytes = static_cast<uint64_t>(stats.reserved_bytes[0].current);
+    out.peak_allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[0].peak);
+  } catch (const c10::Error&) {
+    out = CudaAllocatorStats();
+  }
   return out;
 }
 
 void ResetCudaPeak(int device) {
   if (device < 0 || device >= static_cast<int>(c10::cuda::device_count())) return;
-  c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+  } catch (const c10::Error&) {
+    // Not initialised yet: nothing to reset.
+  }
 }
 #else
 CudaAllocatorStats GetCudaAllocatorStats(int) { return {}; }

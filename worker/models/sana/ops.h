@@ -67,7 +67,9 @@ at::Tensor ApplyRopeHeadsFirst(const at::Tensor& x, const RopeTable& table);
 // additive mask broadcastable to (..., Nq, Nk). The scale is always the default 1/sqrt(D) of
 // `F.scaled_dot_product_attention` (the callers reproduce the reference's scales by padding D).
 // LibTorch >= 2: at::scaled_dot_product_attention. LibTorch 1.x: matmul + softmax in chunks of
-// queries (bounded memory), in q's dtype.
+// queries (bounded memory), in q's dtype for float32/float64; bf16/fp16 inputs are attended like
+// LibTorch 2's CPU kernel (float32 scores and sums, probabilities rounded to the input dtype,
+// output in the input dtype).
 at::Tensor ScaledDotProductAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& mask = {});
 

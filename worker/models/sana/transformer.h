@@ -126,7 +126,7 @@ class SanaTransformer {
   // Official parameter name -> shape, derived from the config alone (no allocation). Exactly the
   // tensors of the model's state_dict (including the ones the forward does not use:
   // raymap_embedder.*, y_embedder.y_embedding, attn.recall_gate, and the gate parameters of the
-  // softmax blocks). The released checkpoint additionally has `pos_embed` (see kIgnoredTensors).
+  // softmax blocks). The released checkpoint additionally has `pos_embed` (IgnoredTensors).
   static std::map<std::string, std::vector<int64_t>> ExpectedParameters(const SanaConfig& config);
   std::map<std::string, std::vector<int64_t>> ExpectedParameters() const {
     return ExpectedParameters(config_);
@@ -146,7 +146,8 @@ class SanaTransformer {
   c10::ScalarType dtype() const { return dtype_; }
   c10::Device device() const { return device_; }
 
-  // The loaded parameter `name` (official name); throws std::out_of_range naming it.
+  // The parameter `name` (official name; undefined before LoadWeights); throws
+  // std::out_of_range naming it when the model has no such parameter.
   const at::Tensor& Parameter(const std::string& name) const;
   const SanaWeights& weights() const { return weights_; }
 
@@ -177,10 +178,10 @@ class SanaTransformer {
                      const SanaForwardOptions& options = {}) const;
 
  private:
-  // Per-forward context shared by the blocks (defined in blocks.cc).
+  // Per-forward state shared by the blocks (transformer_context.h).
   struct Context;
 
-  // Calls fn(official name, shape, slot) for every parameter in state_dict order; slot points
+  // Calls fn(official name, shape, slot) for every parameter (a fixed order); slot points
   // into `weights` (nullptr when `weights` is null), which must have config.num_layers blocks.
   static void ForEachParameter(const SanaConfig& config, SanaWeights* weights,
                                const std::function<void(const std::string&, std::vector<int64_t>,
