@@ -8,8 +8,9 @@
 //
 // Benchmarks are rows of a table (BenchmarkTable below): a name, a group (--what gdn selects
 // every "gdn" row) and a prepare function that builds the inputs once, on the device, and
-// returns the call to time. The full-model rows ("model.*": a streaming chunk forward, the
-// KV-save pass, a bidirectional forward) join the table when the forward lands.
+// returns the call to time. The full-model rows ("model.*") use dummy random weights: a steady
+// streaming chunk (4 denoising + 1 KV-save forward), a bidirectional CFG step at T=21, and the
+// streaming memory after chunk 2 vs chunk 10.
 //
 // Each row: `warmup` untimed calls, then `iters` timed calls, each bracketed by a device
 // synchronisation (host wall clock; on CUDA this includes the launch overhead of the call).
@@ -21,7 +22,9 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/relu.h>
@@ -56,7 +59,10 @@
 
 #include "worker/models/sana/camera.h"
 #include "worker/models/sana/gdn.h"
+#include "worker/models/sana/rollout.h"
+#include "worker/models/sana/sampler.h"
 #include "worker/models/sana/sana_config.h"
+#include "worker/models/sana/transformer.h"
 
 namespace wmserve::worker::sana {
 namespace {
@@ -322,6 +328,148 @@ Case PrepareCamSteadyChunk(const Context& ctx) {
           [in, carried, opts] { (void)CamStreamChunk(*in, carried, opts); }, GdnBlocks(ctx.config)};
 }
 
+std::string Fixed(double v, int digits);
+double MiB(int64_t bytes);
+
+// --- full-model rows ---------------------------------------------------------------------------
+
+// One model per process with dummy weights: every parameter of ExpectedParameters drawn as
+// small random values (0.02 N(0,1); norm weights 1 + 0.02 N; GDN gates at their training init:
+// beta bias 5, dt_bias -5, A_log 0, output gate bias 1.278), on the benchmark device and dtype.
+const SanaTransformer& BenchModel(const Context& ctx) {
+  static std::unique_ptr<SanaTransformer> model;
+  if (!model) {
+    model = std::make_unique<SanaTransformer>(ctx.config);
+    const auto f = ctx.Float();
+    model->LoadWeights(
+        [&](const std::string& name, const std::vector<int64_t>& shape) {
+          auto ends = [&](const char* suffix) {
+            const std::string s(suffix);
+            return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+          };
+          at::Tensor t = at::randn(shape, f).mul(0.02);
+          if (name.find("norm") != std::string::npos) return t.add(1.0);
+          if (ends("beta_proj.bias")) return t.add(5.0);
+          if (ends("dt_bias")) return t.add(-5.0);
+          if (ends("A_log")) return t.zero_();
+          if (ends("output_gate.bias")) return t.add(1.278464542761074);
+          return t;
+        },
+        ctx.dtype, ctx.device);
+  }
+  return *model;
+}
+
+// Rollout inputs for `latent` frames at the preset's latent grid on the benchmark device:
+// the smooth trajectory below through PrepareCamera, random text (all tokens kept).
+RolloutInputs BenchRolloutInputs(const Context& ctx, int64_t latent);
+
+std::string ModelShape(const Context& ctx, int64_t batch, int64_t frames) {
+  const SanaConfig& c = ctx.config;
+  std::ostringstream s;
+  s << "B" << batch << " T" << frames << " x " << c.tokens_per_frame() << " tok (N "
+    << frames * c.tokens_per_frame() << ")";
+  return s.str();
+}
+
+// One steady-state streaming chunk (chunk 2: 3 latent frames, cache holding chunks 0 and 1 =
+// the full 10-frame softmax window): 4 read-only denoising forwards + Euler steps, then the
+// KV-save forward at t = 0 (committed to a copy of the warm cache, so every call is the same).
+Case PrepareStreamChunk(const Context& ctx) {
+  const SanaTransformer& model = BenchModel(ctx);
+  const int64_t frames = 1 + 3 * ctx.config.chunk_size;
+  const RolloutInputs in = BenchRolloutInputs(ctx, frames);
+  const std::vector<FrameRange> plan = StreamingChunkPlan(frames, ctx.config.chunk_size);
+  const SanaForwardOptions options = StreamingForwardOptions();
+  auto warm = std::make_shared<SanaStreamingCache>();
+  const at::Tensor noise = RolloutInitialNoise(in.first_latent, frames, 1, ctx.device);
+  auto slice = [](const at::Tensor& t, int64_t dim, FrameRange r) {
+    return t.narrow(dim, r.begin, r.size());
+  };
+  for (int i = 0; i < 2; ++i) {
+    const FrameRange r = plan[i];
+    model.ForwardChunk(slice(noise, 2, r), FrameTimesteps(1, r, 0.0, {0}, ctx.device), in.text,
+                       in.text_mask, slice(in.camera_conditions, 1, r),
+                       slice(in.chunk_plucker, 2, r), r.begin, *warm, true, options);
+  }
+  const FrameRange r = plan[2];
+  const at::Tensor x0 = slice(noise, 2, r).clone();
+  const at::Tensor cam = slice(in.camera_conditions, 1, r);
+  const at::Tensor plucker = slice(in.chunk_plucker, 2, r);
+  const at::Tensor text = in.text, mask = in.text_mask;
+  const SigmaSchedule schedule = StreamingSchedule();
+  const c10::Device device = ctx.device;
+  return {ModelShape(ctx, 1, r.size()) + ", 4+1 passes", "device",
+          [&model, warm, x0, cam, plucker, text, mask, schedule, r, options, device] {
+            SanaStreamingCache cache = *warm;
+            at::Tensor x = x0;
+            for (int step = 0; step < 4; ++step) {
+              const at::Tensor ts = FrameTimesteps(1, r, schedule.timesteps[step], {0}, device);
+              const at::Tensor v = model.ForwardChunk(x, ts, text, mask, cam, plucker, r.begin,
+                                                      cache, false, options);
+              x = PerFrameEulerStep(x, v, ts, schedule);
+            }
+            model.ForwardChunk(x, FrameTimesteps(1, r, 0.0, {0}, device), text, mask, cam,
+                               plucker, r.begin, cache, true, options);
+          },
+          0};
+}
+
+// One bidirectional denoiser step at T = 21 latent frames (10 s) with the CFG batch of 2
+// ([uncond, cond], camera duplicated) and the CFG combine + Euler step.
+Case PrepareBidirStep(const Context& ctx) {
+  const SanaTransformer& model = BenchModel(ctx);
+  constexpr int64_t kFrames = 21;
+  const RolloutInputs in = BenchRolloutInputs(ctx, kFrames);
+  const at::Tensor x = RolloutInitialNoise(in.first_latent, kFrames, 1, ctx.device);
+  const SigmaSchedule schedule = BidirectionalSchedule();
+  const at::Tensor ts = FrameTimesteps(1, {0, kFrames}, schedule.timesteps[0], {0}, ctx.device);
+  const at::Tensor x2 = at::cat({x, x}, 0), ts2 = ts.repeat({2, 1, 1});
+  const at::Tensor text2 = at::cat({in.text.mul(0.0), in.text}, 0);
+  const at::Tensor mask2 = at::cat({in.text_mask, in.text_mask}, 0);
+  const at::Tensor cam2 = in.camera_conditions.repeat({2, 1, 1});
+  const at::Tensor plucker2 = in.chunk_plucker.repeat({2, 1, 1, 1, 1});
+  return {ModelShape(ctx, 2, kFrames) + ", CFG", "device",
+          [&model, x, x2, ts, ts2, text2, mask2, cam2, plucker2, schedule] {
+            const at::Tensor out = model.Forward(x2, ts2, text2, mask2, cam2, plucker2);
+            (void)PerFrameEulerStep(x, CfgCombineBatched(out, kBidirectionalCfgScale), ts,
+                                    schedule);
+          },
+          0};
+}
+
+// Memory of a 60 s streaming rollout (121 latent frames = 40 chunks): the peak (CUDA allocator /
+// process RSS) while the chunk that ends the first 10 s (chunk 6, latent frames up to 22) and
+// the last chunk (chunk 39) are produced, and cache_bytes after each. Streaming state must not
+// grow with rollout length. The timed call is empty (the numbers are printed in full).
+Case PrepareStreamMemory(const Context& ctx) {
+  const SanaTransformer& model = BenchModel(ctx);
+  constexpr int kTenSecondsChunk = 6;
+  const int64_t frames = 121;  // 961 pixel frames = 60 s at 16 fps
+  StreamingRollout rollout(model, BenchRolloutInputs(ctx, frames));
+  const int last = rollout.num_chunks() - 1;
+  int64_t peak_a = 0, peak_b = 0, base_a = 0, base_b = 0, bytes_a = 0, bytes_b = 0;
+  for (int i = 0; i < rollout.num_chunks(); ++i) {
+    Sync(ctx.device);
+    const int64_t base = ResetPeakMemory(ctx.device);
+    rollout.NextChunk(nullptr);
+    Sync(ctx.device);
+    const MemorySample m = ReadPeakMemory(ctx.device, base);
+    if (i == kTenSecondsChunk) peak_a = m.peak, base_a = base, bytes_a = rollout.cache_bytes();
+    if (i == last) peak_b = m.peak, base_b = base, bytes_b = rollout.cache_bytes();
+  }
+  std::cout << "model.stream_memory: 60 s rollout, " << rollout.num_chunks()
+            << " chunks; peak during chunk " << kTenSecondsChunk << " (10 s) "
+            << Fixed(MiB(peak_a), 1) << " MiB (before " << Fixed(MiB(base_a), 1)
+            << "), during chunk " << last << " (60 s) " << Fixed(MiB(peak_b), 1)
+            << " MiB (before " << Fixed(MiB(base_b), 1) << "); cache_bytes " << bytes_a << " vs "
+            << bytes_b << (bytes_a == bytes_b ? " (equal)" : " (DIFFERENT)") << "\n";
+  std::ostringstream shape;
+  shape << "peak 10s " << Fixed(MiB(peak_a), 0) << " / 60s " << Fixed(MiB(peak_b), 0)
+        << " MiB, cache " << Fixed(MiB(bytes_a), 1) << "/" << Fixed(MiB(bytes_b), 1);
+  return {shape.str(), "device", [] {}, 0};
+}
+
 // A smooth metric trajectory: +1 degree yaw and 0.1 m forward per pixel frame (the golden
 // set's trajectory A), constant intrinsics at the model resolution.
 std::pair<at::Tensor, at::Tensor> MakeTrajectory(const CameraGeometry& g, int64_t pixel_frames) {
@@ -375,6 +523,23 @@ Case PrepareRayMats(const Context& ctx) {
   return {shape.str(), "device", [cond, h, w] { (void)ComputeRayMats(cond, h, w); }, 1};
 }
 
+RolloutInputs BenchRolloutInputs(const Context& ctx, int64_t latent) {
+  const SanaConfig& c = ctx.config;
+  const CameraGeometry g = CameraGeometry::FromConfig(c);
+  const auto traj = MakeTrajectory(g, g.temporal_stride * (latent - 1) + 1);
+  const CameraTensors cam = PrepareCamera(traj.first, traj.second, g);
+  RolloutInputs in;
+  in.first_latent = at::randn({1, c.in_channels, 1, g.latent_height(), g.latent_width()},
+                              ctx.Float());
+  in.camera_conditions = cam.camera_conditions.unsqueeze(0).to(ctx.device);
+  in.chunk_plucker = cam.chunk_plucker.unsqueeze(0).to(ctx.device);
+  in.text = at::randn({1, 1, c.model_max_length, c.caption_channels}, ctx.Float());
+  in.text_mask = at::ones({1, c.model_max_length},
+                          at::TensorOptions().dtype(at::kLong).device(ctx.device));
+  in.seed = 1;
+  return in;
+}
+
 const std::vector<Benchmark>& BenchmarkTable() {
   static const std::vector<Benchmark> table = {
       {"gdn.stream.first", "gdn",
@@ -393,7 +558,18 @@ const std::vector<Benchmark>& BenchmarkTable() {
       {"camera.raymats", "camera",
        "ComputeRayMats: per-token UCPE ray matrices of a first chunk, once per forward",
        PrepareRayMats},
-      // "model.*" rows (streaming chunk forward, KV-save pass, bidirectional forward) go here.
+      {"model.stream_chunk", "model",
+       "one steady streaming chunk (3 latent frames, warm 10-frame window): 4 read-only "
+       "denoising forwards + Euler, then the KV-save forward (dummy random weights)",
+       PrepareStreamChunk},
+      {"model.bidir_step", "model",
+       "one bidirectional denoiser step at T=21 (10 s): forward with the CFG batch of 2, CFG "
+       "combine, Euler",
+       PrepareBidirStep},
+      {"model.stream_memory", "model",
+       "60 s streaming rollout (40 chunks): peak memory while producing chunk 6 (10 s) vs 39 and "
+       "cache_bytes (no timed work)",
+       PrepareStreamMemory},
   };
   return table;
 }
@@ -500,7 +676,7 @@ int Run(const Options& o) {
   }
   if (rows.empty()) {
     throw std::invalid_argument("--what '" + o.what +
-                                "' matches no benchmark (see --list; groups: gdn, camera)");
+                                "' matches no benchmark (see --list; groups: gdn, camera, model)");
   }
 
   c10::InferenceMode inference;
@@ -513,7 +689,7 @@ int Run(const Options& o) {
             << c.latent_width() << " = " << c.tokens_per_frame() << " tokens/frame, chunks "
             << 1 + c.chunk_size << "+" << c.chunk_size << "+..., gdn method " << o.gdn_method
             << "; " << iters << " timed calls after " << o.warmup << " warm-up\n\n";
-  std::cout << std::left << std::setw(18) << "benchmark" << std::setw(44) << "shape" << std::right
+  std::cout << std::left << std::setw(21) << "benchmark" << std::setw(44) << "shape" << std::right
             << std::setw(11) << "median ms" << std::setw(10) << "min ms" << std::setw(10)
             << "max ms" << std::setw(11) << "x/fwd ms" << std::setw(12) << "peak MiB"
             << std::setw(12) << "+MiB call"
@@ -524,7 +700,7 @@ int Run(const Options& o) {
     const Result r = Measure(ctx, cs, iters, o.warmup);
     const double med = Median(r.ms);
     const auto [mn, mx] = std::minmax_element(r.ms.begin(), r.ms.end());
-    std::cout << std::left << std::setw(18) << b->name << std::setw(44) << cs.shape << std::right
+    std::cout << std::left << std::setw(21) << b->name << std::setw(44) << cs.shape << std::right
               << std::setw(11) << Fixed(med, 3) << std::setw(10) << Fixed(*mn, 3) << std::setw(10)
               << Fixed(*mx, 3) << std::setw(11)
               << (cs.calls_per_forward > 0
