@@ -3,7 +3,9 @@
 // GLUMBConvTemp FFN. The reference classes each function reproduces are named in its comment.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/conv1d.h>
 #include <ATen/ops/conv2d.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
@@ -11,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -62,16 +65,109 @@ double KeyScale(int64_t head_dim, int64_t tokens_per_frame) {
 // The camera softmax's SDPA (`_forward_cam_branch_softmax`): head dims not in {32, 64, 128, 256}
 // and below 256 are zero-padded to 128 (or 256) and SDPA runs with its default scale, i.e.
 // 1/sqrt(padded D); the output is sliced back.
-at::Tensor CameraSoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// With padded_scale false (the streaming path) the scale is 1/sqrt(D) and nothing is padded.
+at::Tensor CameraSoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& mask = {}, bool padded_scale = true) {
   const int64_t d = q.size(-1);
-  const bool pad = d != 32 && d != 64 && d != 128 && d != 256 && d < 256;
-  if (!pad) return ScaledDotProductAttention(q, k, v);
+  const bool pad = padded_scale && d != 32 && d != 64 && d != 128 && d != 256 && d < 256;
+  if (!pad) return ScaledDotProductAttention(q, k, v, mask);
   const int64_t extra = (d <= 128 ? 128 : 256) - d;
   const at::Tensor out =
       ScaledDotProductAttention(at::constant_pad_nd(q, {0, extra}, 0),
                                 at::constant_pad_nd(k, {0, extra}, 0),
-                                at::constant_pad_nd(v, {0, extra}, 0));
+                                at::constant_pad_nd(v, {0, extra}, 0), mask);
   return out.narrow(-1, 0, d);
+}
+
+// --- chunk-causal / streaming temporal operations -------------------------------------------
+
+// A causal depthwise conv (FLA ShortConvolution) along the last dim of seq (M, C, L).
+at::Tensor CausalDepthwiseConv(const at::Tensor& seq, const at::Tensor& weight) {
+  const int64_t kernel = weight.size(2), len = seq.size(-1);
+  return at::conv1d(seq, weight, {}, /*stride=*/1, /*padding=*/kernel - 1, /*dilation=*/1,
+                    /*groups=*/seq.size(1))
+      .narrow(-1, 0, len);
+}
+
+// (B, T*S, C) tokens -> (B*S, C, T) conv sequences, and back.
+at::Tensor TokensToConvSeq(const at::Tensor& x, int64_t frames) {
+  const int64_t b = x.size(0), c = x.size(2), s = x.size(1) / frames;
+  return x.reshape({b, frames, s, c}).permute({0, 2, 3, 1}).reshape({b * s, c, frames});
+}
+at::Tensor ConvSeqToTokens(const at::Tensor& seq, int64_t batch, int64_t frames) {
+  const int64_t c = seq.size(1), s = seq.size(0) / batch;
+  return seq.reshape({batch, s, c, frames}).permute({0, 3, 1, 2}).reshape({batch, frames * s, c});
+}
+
+// The chunk-causal short conv (`ChunkCausalGDN`): forward causal conv over the whole sequence,
+// backward (anti-causal) conv restarted inside every chunk (zero right edge), centre tap once.
+at::Tensor ChunkCausalShortConv(const at::Tensor& x, const at::Tensor& weight, int64_t frames,
+                                const std::vector<int64_t>& chunk_sizes) {
+  const int64_t c = x.size(2), kernel = weight.size(2);
+  const at::Tensor seq = TokensToConvSeq(x, frames);
+  const at::Tensor fwd = CausalDepthwiseConv(seq, weight);
+  std::vector<at::Tensor> parts;
+  int64_t start = 0;
+  for (const int64_t len : chunk_sizes) {
+    parts.push_back(CausalDepthwiseConv(seq.narrow(-1, start, len).flip({-1}), weight).flip({-1}));
+    start += len;
+  }
+  const at::Tensor bwd = at::cat(parts, -1);
+  const at::Tensor center = seq.mul(weight.select(1, 0).select(1, kernel - 1).view({1, c, 1}));
+  return ConvSeqToTokens(fwd.add(bwd).sub(center), x.size(0), frames);
+}
+
+// The streaming short conv of one chunk: the forward conv's left context is `tail` (B, f, S, C),
+// the last f <= K-1 frames of the input before this chunk (undefined: none); the backward conv
+// stays inside the chunk. If new_tail is non-null it receives the last min(K-1, f + T) input
+// frames (dense copy).
+at::Tensor StreamingShortConv(const at::Tensor& x, const at::Tensor& weight, int64_t frames,
+                              const at::Tensor& tail, at::Tensor* new_tail) {
+  const int64_t b = x.size(0), c = x.size(2), s = x.size(1) / frames, kernel = weight.size(2);
+  const at::Tensor seq = TokensToConvSeq(x, frames);
+  const int64_t f = tail.defined() ? tail.size(1) : 0;
+  at::Tensor fwd;
+  if (f > 0) {
+    const at::Tensor left = tail.to(seq.scalar_type()).permute({0, 2, 3, 1}).reshape({b * s, c, f});
+    fwd = CausalDepthwiseConv(at::cat({left, seq}, -1), weight).narrow(-1, f, frames);
+  } else {
+    fwd = CausalDepthwiseConv(seq, weight);
+  }
+  const at::Tensor bwd = CausalDepthwiseConv(seq.flip({-1}), weight).flip({-1});
+  const at::Tensor center = seq.mul(weight.select(1, 0).select(1, kernel - 1).view({1, c, 1}));
+  if (new_tail != nullptr) {
+    at::Tensor all = x.reshape({b, frames, s, c});
+    if (f > 0) all = at::cat({tail.to(all.scalar_type()), all}, 1);
+    const int64_t keep = std::min<int64_t>(kernel - 1, all.size(1));
+    *new_tail = all.narrow(1, all.size(1) - keep, keep).clone(at::MemoryFormat::Contiguous);
+  }
+  return ConvSeqToTokens(fwd.add(bwd).sub(center), b, frames);
+}
+
+// `left` (B, C, f, HW) with f <= pad frames (undefined: none), zero-filled in front to `pad`.
+at::Tensor LeftContext(const at::Tensor& left, const at::Tensor& like, int64_t pad) {
+  const int64_t f = left.defined() ? left.size(2) : 0;
+  at::Tensor zeros = at::zeros({like.size(0), like.size(1), pad - f, like.size(3)}, like.options());
+  return f == 0 ? zeros : at::cat({zeros, left.to(like.scalar_type())}, 2);
+}
+
+// x + t_conv(x) over one chunk seq (B, C, T, HW) with `pad` left-context frames `left` (already
+// LeftContext'ed) and zeros on the right.
+at::Tensor TConvChunk(const at::Tensor& seq, const at::Tensor& weight, const at::Tensor& left,
+                      int64_t pad) {
+  const at::Tensor right = at::zeros({seq.size(0), seq.size(1), pad, seq.size(3)}, seq.options());
+  return seq.add(at::conv2d(at::cat({left, seq, right}, 2), weight));
+}
+
+// The cached K/V entry of `chunk` in a softmax block's cache.
+const SanaBlockCache::ChunkKv& CachedChunkKv(const SanaBlockCache* block, int64_t chunk) {
+  if (block != nullptr) {
+    for (const SanaBlockCache::ChunkKv& e : block->kv) {
+      if (e.chunk == chunk) return e;
+    }
+  }
+  throw std::runtime_error("SanaTransformer::ForwardChunk: chunk " + std::to_string(chunk) +
+                           "'s K/V are not in the streaming cache");
 }
 
 }  // namespace
@@ -138,7 +234,23 @@ at::Tensor SanaTransformer::GdnAttention(int index, const at::Tensor& h, const C
   // --- main branch ---
   const at::Tensor qkv = at::linear(h, w.qkv_weight).reshape({b, n, 3, heads, d});
   at::Tensor q = qkv.select(2, 0), k = qkv.select(2, 1), v = qkv.select(2, 2);
-  k = BidirectionalShortConv(k.reshape({b, n, c}), w.conv_k, t).reshape({b, n, heads, d});
+  const SanaBlockCache* cached = ctx.CachedBlock(index);
+  SanaBlockCache* saved = ctx.SavedBlock(index);
+  auto short_conv = [&](const at::Tensor& raw, const at::Tensor& weight,
+                        at::Tensor SanaBlockCache::*tail) {
+    switch (ctx.mode) {
+      case Context::Mode::kChunkCausal:
+        return ChunkCausalShortConv(raw, weight, t, ctx.chunk_sizes);
+      case Context::Mode::kStreaming:
+        return StreamingShortConv(raw, weight, t, cached ? cached->*tail : at::Tensor(),
+                                  saved ? &(saved->*tail) : nullptr);
+      case Context::Mode::kBidirectional:
+        break;
+    }
+    return BidirectionalShortConv(raw, weight, t);
+  };
+  k = short_conv(k.reshape({b, n, c}), w.conv_k, &SanaBlockCache::conv_k_tail)
+          .reshape({b, n, heads, d});
   q = RmsNorm(q.reshape({b, n, c}), w.q_norm, config_.qk_norm_eps).reshape({b, n, heads, d});
   k = RmsNorm(k.reshape({b, n, c}), w.k_norm, config_.qk_norm_eps).reshape({b, n, heads, d});
   q = q.relu();
@@ -158,8 +270,18 @@ at::Tensor SanaTransformer::GdnAttention(int index, const at::Tensor& h, const C
     ctx.Tap(p + "main.in.q_rot", main.q_rot);
     ctx.Tap(p + "main.in.k_rot", main.k_rot);
   }
-  const at::Tensor main_raw =
-      HeadsToTokens(GdnBidirectional(main, opt.scan, config_.gdn_eps).to(h.scalar_type()));
+  at::Tensor main_out;
+  if (ctx.mode == Context::Mode::kChunkCausal) {
+    main_out = GdnChunkCausal(main, ctx.chunk_sizes, opt.scan, config_.gdn_eps);
+  } else if (ctx.mode == Context::Mode::kStreaming) {
+    GdnStreamOutput r = GdnStreamChunk(main, cached ? cached->gdn : GdnState{}, opt.scan,
+                                       config_.gdn_eps);
+    main_out = r.out;
+    if (saved) saved->gdn = std::move(r.state);
+  } else {
+    main_out = GdnBidirectional(main, opt.scan, config_.gdn_eps);
+  }
+  const at::Tensor main_raw = HeadsToTokens(main_out.to(h.scalar_type()));
   ctx.Tap(p + "main_raw", main_raw);
 
   at::Tensor combined = main_raw;
@@ -167,7 +289,7 @@ at::Tensor SanaTransformer::GdnAttention(int index, const at::Tensor& h, const C
     // --- camera branch ---
     const std::vector<at::Tensor> cam = at::linear(h, w.cam_qkv_weight, w.cam_qkv_bias).chunk(3, -1);
     at::Tensor qc = cam[0], kc = cam[1], vc = cam[2];
-    kc = BidirectionalShortConv(kc, w.conv_k_cam, t);
+    kc = short_conv(kc, w.conv_k_cam, &SanaBlockCache::conv_k_cam_tail);
     qc = RmsNorm(qc, w.q_norm_cam, config_.qk_norm_eps).reshape({b, n, heads, d}).relu();
     kc = RmsNorm(kc, w.k_norm_cam, config_.qk_norm_eps).reshape({b, n, heads, d}).relu().mul(
         key_scale);
@@ -200,7 +322,16 @@ at::Tensor SanaTransformer::GdnAttention(int index, const at::Tensor& h, const C
       ctx.Tap(p + "cam.in.v", scan.v);
       ctx.Tap(p + "cam.in.beta", scan.beta);
     }
-    const at::Tensor cam_out = CamBidirectional(scan, opt.scan);  // (B, H, D, N) float32
+    at::Tensor cam_out;  // (B, H, D, N) float32
+    if (ctx.mode == Context::Mode::kChunkCausal) {
+      cam_out = CamChunkCausal(scan, ctx.chunk_sizes, opt.scan);
+    } else if (ctx.mode == Context::Mode::kStreaming) {
+      CamStreamOutput r = CamStreamChunk(scan, cached ? cached->cam_kv : at::Tensor(), opt.scan);
+      cam_out = r.out;
+      if (saved) saved->cam_kv = std::move(r.state);
+    } else {
+      cam_out = CamBidirectional(scan, opt.scan);
+    }
     ctx.Tap(p + "cam.out", cam_out);
     const at::Tensor restored =
         UcpeTransform(cam_out.to(h.scalar_type()).transpose(-1, -2), ctx.ray_p, ctx.cam_rope,
@@ -242,13 +373,38 @@ at::Tensor SanaTransformer::SoftmaxAttention(int index, const at::Tensor& h,
   q = ApplyRopeHeadsFirst(q.permute({0, 2, 3, 1}), ctx.rope).permute({0, 3, 1, 2});
   k = ApplyRopeHeadsFirst(k.permute({0, 2, 3, 1}), ctx.rope).permute({0, 3, 1, 2});
   at::Tensor qs = q.transpose(1, 2), ks = k.transpose(1, 2), vs = qkv.select(2, 2).transpose(1, 2);
+  const SanaBlockCache* cached = ctx.CachedBlock(index);
+  SanaBlockCache* saved = ctx.SavedBlock(index);
+  SanaBlockCache::ChunkKv* entry = nullptr;
+  if (saved) {
+    saved->kv.emplace_back();
+    entry = &saved->kv.back();
+    entry->chunk = ctx.chunk_index;
+    entry->k = ks.clone(at::MemoryFormat::Contiguous);
+    entry->v = vs.clone(at::MemoryFormat::Contiguous);
+  }
+  if (ctx.mode == Context::Mode::kStreaming && !ctx.cached_chunks.empty()) {
+    std::vector<at::Tensor> kparts, vparts;
+    for (const int64_t chunk : ctx.cached_chunks) {
+      const SanaBlockCache::ChunkKv& e = CachedChunkKv(cached, chunk);
+      kparts.push_back(e.k.to(ks.scalar_type()));
+      vparts.push_back(e.v.to(vs.scalar_type()));
+    }
+    kparts.push_back(ks);
+    vparts.push_back(vs);
+    ks = at::cat(kparts, 2);
+    vs = at::cat(vparts, 2);
+  }
   if (opt.bf16_softmax && qs.scalar_type() == at::kFloat) {
     qs = qs.to(at::kBFloat16);
     ks = ks.to(at::kBFloat16);
     vs = vs.to(at::kBFloat16);
   }
+  const at::Tensor main_mask = ctx.mode == Context::Mode::kChunkCausal
+                                   ? ctx.chunk_mask.to(qs.scalar_type())
+                                   : at::Tensor();
   at::Tensor combined =
-      ScaledDotProductAttention(qs, ks, vs).transpose(1, 2).reshape({b, n, c}).to(dtype);
+      ScaledDotProductAttention(qs, ks, vs, main_mask).transpose(1, 2).reshape({b, n, c}).to(dtype);
 
   if (ctx.camera) {
     // --- camera branch: no short conv, no ReLU, no key scale ---
@@ -275,9 +431,33 @@ at::Tensor SanaTransformer::SoftmaxAttention(int index, const at::Tensor& h,
     }
     // fp32_attention: SDPA in float32 (bfloat16 with bf16_softmax).
     const auto sdpa_dtype = opt.bf16_softmax ? at::kBFloat16 : at::kFloat;
+    at::Tensor kq = kt.transpose(-1, -2), vq = vt.transpose(-1, -2);  // (B, H, N, D)
+    if (entry) {
+      entry->cam_k = kq.clone(at::MemoryFormat::Contiguous);
+      entry->cam_v = vq.clone(at::MemoryFormat::Contiguous);
+    }
+    if (ctx.mode == Context::Mode::kStreaming && !ctx.cached_chunks.empty()) {
+      std::vector<at::Tensor> kparts, vparts;
+      for (const int64_t chunk : ctx.cached_chunks) {
+        const SanaBlockCache::ChunkKv& e = CachedChunkKv(cached, chunk);
+        if (!e.cam_k.defined()) {
+          throw std::runtime_error("SanaTransformer::ForwardChunk: the cache holds no camera "
+                                   "K/V (saved without camera inputs)");
+        }
+        kparts.push_back(e.cam_k.to(kq.scalar_type()));
+        vparts.push_back(e.cam_v.to(vq.scalar_type()));
+      }
+      kparts.push_back(kq);
+      vparts.push_back(vq);
+      kq = at::cat(kparts, 2);
+      vq = at::cat(vparts, 2);
+    }
+    const at::Tensor cam_mask = ctx.mode == Context::Mode::kChunkCausal
+                                    ? ctx.chunk_mask.to(sdpa_dtype)
+                                    : at::Tensor();
     const at::Tensor out = CameraSoftmaxAttention(qt.transpose(-1, -2).to(sdpa_dtype),
-                                                  kt.transpose(-1, -2).to(sdpa_dtype),
-                                                  vt.transpose(-1, -2).to(sdpa_dtype));
+                                                  kq.to(sdpa_dtype), vq.to(sdpa_dtype), cam_mask,
+                                                  opt.camera_softmax_padded_scale);
     const at::Tensor restored =
         UcpeTransform(out.to(dtype), ctx.ray_p, ctx.cam_rope, /*inverse_rope=*/true)
             .transpose(-1, -2);
@@ -349,8 +529,31 @@ at::Tensor SanaTransformer::Ffn(int index, const at::Tensor& h, const Context& c
   }
   const at::Tensor seq = y.reshape({b, t, c, hh * ww}).permute({0, 2, 1, 3});  // (B, C, T, HW)
   const int64_t t_pad = w.t_conv_weight.size(2) / 2;
-  const at::Tensor out =
-      seq.add(at::conv2d(seq, w.t_conv_weight, {}, /*stride=*/1, /*padding=*/{t_pad, 0}));
+  at::Tensor out;
+  if (ctx.mode == Context::Mode::kChunkCausal) {
+    // Per chunk: the previous frames of the sequence on the left, zeros on the right.
+    std::vector<at::Tensor> parts;
+    int64_t start = 0;
+    for (const int64_t len : ctx.chunk_sizes) {
+      const int64_t f = std::min(t_pad, start);
+      const at::Tensor left =
+          LeftContext(f > 0 ? seq.narrow(2, start - f, f) : at::Tensor(), seq, t_pad);
+      parts.push_back(TConvChunk(seq.narrow(2, start, len), w.t_conv_weight, left, t_pad));
+      start += len;
+    }
+    out = at::cat(parts, 2);
+  } else if (ctx.mode == Context::Mode::kStreaming) {
+    const SanaBlockCache* cached = ctx.CachedBlock(index);
+    const at::Tensor tail = cached ? cached->ffn_tail : at::Tensor();
+    out = TConvChunk(seq, w.t_conv_weight, LeftContext(tail, seq, t_pad), t_pad);
+    if (SanaBlockCache* saved = ctx.SavedBlock(index)) {
+      at::Tensor all = tail.defined() ? at::cat({tail.to(seq.scalar_type()), seq}, 2) : seq;
+      const int64_t keep = std::min<int64_t>(t_pad, all.size(2));
+      saved->ffn_tail = all.narrow(2, all.size(2) - keep, keep).clone(at::MemoryFormat::Contiguous);
+    }
+  } else {
+    out = seq.add(at::conv2d(seq, w.t_conv_weight, {}, /*stride=*/1, /*padding=*/{t_pad, 0}));
+  }
   return out.permute({0, 2, 3, 1}).reshape({b, n, c});
 }
 

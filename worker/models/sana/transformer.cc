@@ -163,6 +163,25 @@ const std::set<std::string>& SanaTransformer::IgnoredTensors() {
 void SanaTransformer::LoadWeights(const SafetensorsFile& file, c10::ScalarType dtype,
                                   c10::Device device) {
   file.CheckTensors(ExpectedParameters(), IgnoredTensors());
+  LoadFrom([&](const std::string& name, const std::vector<int64_t>&) {
+    return file.Load(name, dtype, device);
+  }, dtype, device);
+}
+
+void SanaTransformer::LoadWeights(const SanaTensorSource& source, c10::ScalarType dtype,
+                                  c10::Device device) {
+  LoadFrom([&](const std::string& name, const std::vector<int64_t>& shape) {
+    at::Tensor value = source(name, shape);
+    if (!value.defined() || value.sizes() != c10::IntArrayRef(shape)) {
+      throw SafetensorsError("SanaTransformer::LoadWeights: tensor '" + name + "' has shape " +
+                             Shape(value) + ", expected " + ShapeString(shape));
+    }
+    return value.to(device, dtype);
+  }, dtype, device);
+}
+
+void SanaTransformer::LoadFrom(const SanaTensorSource& source, c10::ScalarType dtype,
+                               c10::Device device) {
   SanaWeights fresh;
   fresh.blocks.resize(config_.num_layers);
   const auto options = at::TensorOptions().dtype(dtype).device(device);
@@ -180,8 +199,8 @@ void SanaTransformer::LoadWeights(const SafetensorsFile& file, c10::ScalarType d
     b.v_proj_cam_bias = b.cam_qkv_bias.narrow(0, 2 * cam, cam);
   }
   ForEachParameter(config_, &fresh,
-                   [&](const std::string& name, std::vector<int64_t>, at::Tensor* slot) {
-                     at::Tensor value = file.Load(name, dtype, device);
+                   [&](const std::string& name, std::vector<int64_t> shape, at::Tensor* slot) {
+                     at::Tensor value = source(name, shape);
                      if (slot->defined()) {
                        slot->copy_(value);
                      } else {
@@ -211,6 +230,18 @@ at::Tensor SanaTransformer::Forward(const at::Tensor& hidden_states, const at::T
                                     const at::Tensor& camera_conditions,
                                     const at::Tensor& chunk_plucker,
                                     const SanaForwardOptions& options) const {
+  Context ctx;
+  return ForwardImpl(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                     camera_conditions, chunk_plucker, options, ctx);
+}
+
+at::Tensor SanaTransformer::ForwardImpl(const at::Tensor& hidden_states,
+                                        const at::Tensor& timestep,
+                                        const at::Tensor& encoder_hidden_states,
+                                        const at::Tensor& encoder_attention_mask,
+                                        const at::Tensor& camera_conditions,
+                                        const at::Tensor& chunk_plucker,
+                                        const SanaForwardOptions& options, Context& ctx) const {
   if (!loaded_) {
     throw std::runtime_error("SanaTransformer::Forward: no weights loaded (call LoadWeights)");
   }
@@ -257,7 +288,6 @@ at::Tensor SanaTransformer::Forward(const at::Tensor& hidden_states, const at::T
              ", " + std::to_string(height) + ", " + std::to_string(width) + "]");
   }
 
-  Context ctx;
   ctx.options = &options;
   ctx.batch = b;
   ctx.frames = frames;

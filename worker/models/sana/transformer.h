@@ -43,6 +43,7 @@
 
 #include "worker/models/sana/gdn.h"
 #include "worker/models/sana/safetensors.h"
+#include "worker/models/sana/sampler.h"
 #include "worker/models/sana/sana_config.h"
 
 namespace wmserve::worker::sana {
@@ -66,9 +67,53 @@ struct SanaForwardOptions {
   // First latent frame's RoPE position (0 for the bidirectional model; absolute frame index for
   // chunks of a `casual_wan_rope` model).
   int64_t rope_first_frame = 0;
+  // Camera-branch softmax scale of the softmax blocks. true: the bidirectional reference's
+  // quirk (head dim zero-padded to 128, SDPA default scale 1/sqrt(128); golden README §5.3);
+  // false: 1/sqrt(D) as the NVlabs cached streaming path and sglang pass it.
+  bool camera_softmax_padded_scale = true;
   // Optional: receives intermediates (no cost when empty).
   SanaTensorTap tap;
 };
+
+// The semantics of the released streaming code path (NVlabs @1a52678 cached classes; golden
+// README §5.1, §5.3): no post-UCPE downscale anywhere, camera softmax scale 1/sqrt(D).
+SanaForwardOptions StreamingForwardOptions();
+
+// Streaming state of one block (spec §4.3 "per-block cache"). Tensors are undefined before the
+// first KV-save pass. Everything is stored densely (own storage, no views into activations).
+struct SanaBlockCache {
+  // GDN blocks: forward-scan states (the whole history) of the main and the camera branch.
+  GdnState gdn;          // kv (B, H, D, D), z (B, H, D, 1), float32
+  at::Tensor cam_kv;     // (B, H, D, D) float32
+  // GDN blocks: the last min(K-1, frames so far) frames of the short-conv INPUT (raw k, before
+  // the RMSNorm), main and camera branch: (B, f, S, C).
+  at::Tensor conv_k_tail, conv_k_cam_tail;
+  // All blocks: the last min(kt/2, frames so far) frames of the pre-t_conv FFN features
+  // (B, C, f, H*W).
+  at::Tensor ffn_tail;
+  // Softmax blocks: per cached chunk, post-RoPE main K/V and post-UCPE camera K/V,
+  // (B, heads, tokens of the chunk, D) each, in cache order (sink first, then ascending).
+  struct ChunkKv {
+    int64_t chunk = 0;
+    at::Tensor k, v, cam_k, cam_v;
+  };
+  std::vector<ChunkKv> kv;
+  int64_t bytes() const;
+};
+
+// The streaming cache of a whole model: one entry per block plus the chunk bookkeeping. Only a
+// KV-save pass (ForwardChunk with save_state) changes it.
+struct SanaStreamingCache {
+  KvWindowRule rule;        // softmax window (sink chunk 0 + the latest chunk by default)
+  int64_t chunks = 0;       // committed chunks = index of the chunk the next pass processes
+  int64_t next_frame = 0;   // first latent frame of that chunk
+  std::vector<SanaBlockCache> blocks;  // empty until the first commit
+  int64_t bytes() const;    // sum of the stored tensors' bytes
+};
+
+// Supplies a parameter (official name, expected shape) for SanaTransformer::LoadWeights.
+using SanaTensorSource =
+    std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
 
 // All parameters of one block, by their official names under "blocks.{i}.".
 struct SanaBlockWeights {
@@ -142,6 +187,10 @@ class SanaTransformer {
   // `dtype` on `device`.
   void LoadWeights(const SafetensorsFile& file, c10::ScalarType dtype = c10::ScalarType::Float,
                    c10::Device device = c10::Device(c10::kCPU));
+  // Loads every parameter from `source` (any dtype/device; converted), e.g. random weights for
+  // tests and benchmarks. Throws SafetensorsError naming a tensor of the wrong shape.
+  void LoadWeights(const SanaTensorSource& source, c10::ScalarType dtype = c10::ScalarType::Float,
+                   c10::Device device = c10::Device(c10::kCPU));
   bool loaded() const { return loaded_; }
   c10::ScalarType dtype() const { return dtype_; }
   c10::Device device() const { return device_; }
@@ -177,9 +226,52 @@ class SanaTransformer {
                      const at::Tensor& camera_conditions, const at::Tensor& chunk_plucker,
                      const SanaForwardOptions& options = {}) const;
 
+  // One streaming (chunk-causal, cached) forward over the latent frames
+  // [frame_offset, frame_offset + t) of a rollout (spec §4.3):
+  //   hidden_states (B, Cin, t, H, W), timestep (B, 1, t), camera_conditions (B, t, 20) and
+  //   chunk_plucker (B, 48, t, H, W) are the chunk's frames (rows of the whole-rollout tensors;
+  //   each Plücker row already holds its 8-raw-frame window); text as Forward.
+  // RoPE positions are absolute (frame_offset..). The chunk attends to / scans over itself plus
+  // the history in `cache`: GDN forward scans seeded from the cached states (backward scans and
+  // the backward short conv isolated inside the chunk), short conv / FFN t_conv left context
+  // from the cached tails (right edge zero-padded), softmax keys = the cached chunks of
+  // cache.rule's window + the chunk itself (no mask).
+  // `frame_offset` must equal cache.next_frame (InvalidInputError otherwise). With save_state
+  // false the cache is only read; with save_state true (the KV-save pass) the pass's states,
+  // tails and K/V are committed to `cache` (evicting chunks outside the window) and the chunk
+  // counts as processed. Returns the velocity (B, Cin, t, H, W).
+  at::Tensor ForwardChunk(const at::Tensor& hidden_states, const at::Tensor& timestep,
+                          const at::Tensor& encoder_hidden_states,
+                          const at::Tensor& encoder_attention_mask,
+                          const at::Tensor& camera_conditions, const at::Tensor& chunk_plucker,
+                          int64_t frame_offset, SanaStreamingCache& cache, bool save_state,
+                          const SanaForwardOptions& options = {}) const;
+
+  // The chunk-causal model over a whole sequence without any cache (the reference for
+  // ForwardChunk): the same inputs as Forward plus the chunk plan (ranges tiling [0, T)). GDN
+  // forward scans and forward short conv run globally, backward scans / backward short conv
+  // restart inside every chunk, the FFN t_conv of a chunk sees the previous frames on the left
+  // and zeros on the right, softmax attention is masked: chunk j attends to
+  // CachedChunksFor(j, rule) and itself. Chunk by chunk, ForwardChunk with save_state on every
+  // chunk at the same timesteps gives the same output.
+  at::Tensor ForwardChunkCausal(const at::Tensor& hidden_states, const at::Tensor& timestep,
+                                const at::Tensor& encoder_hidden_states,
+                                const at::Tensor& encoder_attention_mask,
+                                const at::Tensor& camera_conditions,
+                                const at::Tensor& chunk_plucker,
+                                const std::vector<FrameRange>& plan, const KvWindowRule& rule = {},
+                                const SanaForwardOptions& options = {}) const;
+
  private:
   // Per-forward state shared by the blocks (transformer_context.h).
   struct Context;
+
+  at::Tensor ForwardImpl(const at::Tensor& hidden_states, const at::Tensor& timestep,
+                         const at::Tensor& encoder_hidden_states,
+                         const at::Tensor& encoder_attention_mask,
+                         const at::Tensor& camera_conditions, const at::Tensor& chunk_plucker,
+                         const SanaForwardOptions& options, Context& ctx) const;
+  void LoadFrom(const SanaTensorSource& source, c10::ScalarType dtype, c10::Device device);
 
   // Calls fn(official name, shape, slot) for every parameter (a fixed order); slot points
   // into `weights` (nullptr when `weights` is null), which must have config.num_layers blocks.

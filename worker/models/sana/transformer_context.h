@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "worker/models/sana/ops.h"
 #include "worker/models/sana/transformer.h"
@@ -30,6 +31,29 @@ struct SanaTransformer::Context {
   at::Tensor ray_p_t;            // P^T
   at::Tensor ray_p_inv;          // P^-1
   at::Tensor plucker_emb;        // (B, N, C) or undefined
+
+  // Causality of the temporal operations (GDN scans, short conv, FFN t_conv, softmax).
+  enum class Mode { kBidirectional, kChunkCausal, kStreaming };
+  Mode mode = Mode::kBidirectional;
+  // kChunkCausal: chunk lengths in frames (sum T) and the softmax mask (N, N) float32, 0 where
+  // a query may attend, -inf elsewhere.
+  std::vector<int64_t> chunk_sizes;
+  at::Tensor chunk_mask;
+  // kStreaming: the cache read (blocks may be empty: first chunk), the chunks of it the softmax
+  // blocks attend to, and where the KV-save pass writes the new per-block entries (null for a
+  // read-only pass). Each new entry's kv holds only this chunk's K/V.
+  const SanaStreamingCache* cache = nullptr;
+  std::vector<int64_t> cached_chunks;
+  int64_t chunk_index = 0;
+  std::vector<SanaBlockCache>* save = nullptr;
+
+  const SanaBlockCache* CachedBlock(int index) const {
+    if (cache == nullptr || cache->blocks.empty()) return nullptr;
+    return &cache->blocks[index];
+  }
+  SanaBlockCache* SavedBlock(int index) const {
+    return save == nullptr ? nullptr : &(*save)[index];
+  }
 
   bool tapping() const { return options != nullptr && static_cast<bool>(options->tap); }
   void Tap(const std::string& name, const at::Tensor& value) const {
