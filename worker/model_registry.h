@@ -18,6 +18,8 @@ struct ModelConfig {
   std::string weights;         // model-specific; "" = none / default
   std::string dtype;           // model-specific; "" = default
   int frames_per_chunk = 16;   // for models with a free chunk size (warp)
+  std::string mode;               // default rollout mode (sana-wm: streaming | bidirectional)
+  std::string prompt_embeddings;  // prompt-embedding safetensors (sana-wm); "" = built-in only
 };
 
 // NOT_FOUND for an unknown name (listing the known ones); the model's own errors otherwise.

@@ -27,6 +27,10 @@ ABSL_FLAG(std::string, model, "warp", "Model to serve (comma-separated for sever
 ABSL_FLAG(std::string, preset, "", "Model preset (model-specific).");
 ABSL_FLAG(std::string, weights, "", "Model weights: a path, or `dummy` (model-specific).");
 ABSL_FLAG(std::string, dtype, "", "fp32 | bf16 (model-specific).");
+ABSL_FLAG(std::string, mode, "",
+          "Default rollout mode (sana-wm: streaming | bidirectional; requests override it).");
+ABSL_FLAG(std::string, prompt_embeddings, "",
+          "Safetensors file of prompt embeddings, selectable per request (sana-wm).");
 ABSL_FLAG(int, frames_per_chunk, 16, "Frames per streamed chunk, for models with a free choice.");
 ABSL_FLAG(int, max_concurrent, 1, "Rollouts this worker runs at once.");
 ABSL_FLAG(int, threads, 0, "CPU threads for model kernels (0 = all cores).");
@@ -96,6 +100,8 @@ int Main(int argc, char** argv) {
     c.preset = absl::GetFlag(FLAGS_preset);
     c.weights = absl::GetFlag(FLAGS_weights);
     c.dtype = absl::GetFlag(FLAGS_dtype);
+    c.mode = absl::GetFlag(FLAGS_mode);
+    c.prompt_embeddings = absl::GetFlag(FLAGS_prompt_embeddings);
     c.frames_per_chunk = absl::GetFlag(FLAGS_frames_per_chunk);
     configs.push_back(c);
   }
