@@ -11,6 +11,7 @@
 //  * bf16 forward stays close to fp32; precise errors for bad weights files and inputs.
 #include "worker/models/sana/transformer.h"
 
+#include <ATen/ATen.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/randn.h>
 
@@ -406,6 +407,65 @@ TEST(SanaTransformer, RejectsInvalidConfigs) {
   SanaConfig config = SanaConfig::Preset("tiny");
   config.linear_head_dim = 12;
   EXPECT_THROW(SanaTransformer{config}, ConfigError);
+}
+
+}  // namespace
+}  // namespace wmserve::worker::sana
+
+namespace wmserve::worker::sana {
+namespace {
+
+// UCPE encodes cameras through relative transforms between tokens' rays: moving the whole
+// trajectory by one rigid world transform must leave the camera branch's attention logits
+// (q_rot . k_rot over every token pair) unchanged, while moving a single frame must change them.
+// Checked in block 0, the one block whose input is the same in both runs: the blocks' outputs
+// are not invariant by design (the reference's camera beta discount and the Plücker input see
+// absolute geometry), so later blocks receive different hidden states.
+TEST_F(SanaTransformerGoldenTest, UcpeLogitsAreInvariantToARigidWorldTransform) {
+  const double a = 0.7, b = -0.4;
+  const at::Tensor ry = at::tensor({std::cos(a), 0.0, std::sin(a), 0.0, 1.0, 0.0, -std::sin(a),
+                                    0.0, std::cos(a)}, at::kDouble).view({3, 3});
+  const at::Tensor rx = at::tensor({1.0, 0.0, 0.0, 0.0, std::cos(b), -std::sin(b), 0.0,
+                                    std::sin(b), std::cos(b)}, at::kDouble).view({3, 3});
+  at::Tensor g = at::eye(4, at::kDouble);
+  g.narrow(0, 0, 3).narrow(1, 0, 3).copy_(ry.matmul(rx));
+  g.narrow(0, 0, 3).select(1, 3).copy_(at::tensor({1.5, -2.0, 3.0}, at::kDouble));
+
+  const at::Tensor cond = in_.camera_conditions.to(at::kDouble);
+  const int64_t batch = cond.size(0), frames = cond.size(1);
+  const at::Tensor c2w = cond.narrow(2, 0, 16).reshape({batch, frames, 4, 4});
+  auto logits = [&](const at::Tensor& conditions) {
+    std::map<std::string, at::Tensor> taps;
+    SanaForwardOptions options;
+    options.tap = [&](const std::string& name, const at::Tensor& value) {
+      taps[name] = value.detach().to(at::kDouble);
+    };
+    model_->Forward(in_.hidden_states, in_.timestep, in_.encoder_hidden_states, in_.mask,
+                    conditions.to(at::kFloat), in_.chunk_plucker, options);
+    std::map<std::string, at::Tensor> out;
+    const std::string p = "block.0.cam.in.";
+    if (taps.count(p + "q_rot")) {
+      // (B, H, D, N) x (B, H, D, N) -> (B, H, N, N)
+      out[p] = taps[p + "q_rot"].transpose(-1, -2).matmul(taps[p + "k_rot"]);
+    }
+    return out;
+  };
+  const auto base = logits(cond);
+  ASSERT_FALSE(base.empty()) << "no camera-branch taps";
+
+  at::Tensor moved = cond.clone();
+  moved.narrow(2, 0, 16).copy_(g.matmul(c2w).reshape({batch, frames, 16}));
+  const auto rigid = logits(moved);
+  at::Tensor one = cond.clone();
+  one.narrow(1, frames - 1, 1).narrow(2, 0, 16).copy_(
+      g.matmul(c2w.narrow(1, frames - 1, 1)).reshape({batch, 1, 16}));
+  const auto single = logits(one);
+  for (const auto& [name, ref] : base) {
+    SCOPED_TRACE(name);
+    const double scale = ref.abs().max().item<double>();
+    EXPECT_LT((rigid.at(name) - ref).abs().max().item<double>() / scale, 1e-4);
+    EXPECT_GT((single.at(name) - ref).abs().max().item<double>() / scale, 1e-3);
+  }
 }
 
 }  // namespace
