@@ -226,6 +226,13 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
 
 v1::RolloutRequest MakeWarpRequest(client::TrajectoryPreset preset, int frames, double amount,
                                    const media::RgbImage& image, uint64_t seed) {
+  return MakeModelRequest("warp", preset, frames, amount, image, seed);
+}
+
+v1::RolloutRequest MakeModelRequest(const std::string& model, client::TrajectoryPreset preset,
+                                    int frames, double amount, const media::RgbImage& image,
+                                    uint64_t seed,
+                                    const std::map<std::string, std::string>& options) {
   client::PresetOptions opts;
   opts.frames = frames;
   opts.fps = 16;
@@ -245,7 +252,8 @@ v1::RolloutRequest MakeWarpRequest(client::TrajectoryPreset preset, int frames, 
   ro.output.set_width(image.width);
   ro.output.set_height(image.height);
   ro.output.set_quality(v1::QUALITY_FAST);
-  auto req = client::BuildRolloutRequestFromImage("warp", *png, *traj, seed, ro);
+  ro.model_options = options;
+  auto req = client::BuildRolloutRequestFromImage(model, *png, *traj, seed, ro);
   EXPECT_TRUE(req.ok()) << req.status();
   return req.ok() ? *req : v1::RolloutRequest();
 }

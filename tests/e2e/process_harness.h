@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,11 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
 // for yaw/orbit, metres for pan/forward.
 v1::RolloutRequest MakeWarpRequest(client::TrajectoryPreset preset, int frames, double amount,
                                    const media::RgbImage& image, uint64_t seed = 7);
+// The same for any model, with model_options.
+v1::RolloutRequest MakeModelRequest(const std::string& model, client::TrajectoryPreset preset,
+                                    int frames, double amount, const media::RgbImage& image,
+                                    uint64_t seed = 7,
+                                    const std::map<std::string, std::string>& options = {});
 
 // Starts `argv` with stdout+stderr appended to `log_path` (if non-empty) and a parent-death
 // signal, so it never outlives the test. Returns the pid, or -1.

@@ -26,28 +26,14 @@ namespace {
 constexpr int kNativeWidth = 1280;
 constexpr int kNativeHeight = 704;
 
+// The model renders at its native size only; the image may be any size.
 v1::RolloutRequest MakeSanaRequest(int frames, const media::RgbImage& image,
                                    const std::map<std::string, std::string>& options = {}) {
-  client::PresetOptions opts;
-  opts.frames = frames;
-  opts.fps = 16;
-  opts.image_width = image.width;
-  opts.image_height = image.height;
-  opts.hfov_degrees = 60;
-  opts.degrees = 10;
-  auto traj = client::MakePresetTrajectory(client::TrajectoryPreset::kYaw, opts);
-  EXPECT_TRUE(traj.ok()) << traj.status();
-  auto png = media::EncodePng(image);
-  EXPECT_TRUE(png.ok()) << png.status();
-  client::RequestOptions ro;
-  ro.output.set_width(kNativeWidth);
-  ro.output.set_height(kNativeHeight);
-  ro.output.set_quality(v1::QUALITY_FAST);
-  auto req = client::BuildRolloutRequestFromImage("sana-wm", *png, *traj, /*seed=*/7, ro);
-  EXPECT_TRUE(req.ok()) << req.status();
-  if (!req.ok()) return v1::RolloutRequest();
-  for (const auto& [key, value] : options) (*req->mutable_model_options())[key] = value;
-  return *req;
+  v1::RolloutRequest req = MakeModelRequest("sana-wm", client::TrajectoryPreset::kYaw, frames,
+                                            /*degrees=*/10, image, /*seed=*/7, options);
+  req.mutable_output()->set_width(kNativeWidth);
+  req.mutable_output()->set_height(kNativeHeight);
+  return req;
 }
 
 class SanaE2E : public ::testing::Test {

@@ -11,6 +11,7 @@
 //    backward-exclusive, streaming with a carried state == the causal scan, state size
 //    independent of the sequence length, fp32 compute for any input dtype, misuse errors.
 #include "worker/models/sana/gdn.h"
+#include "tests/model/sana_golden.h"
 
 #include <ATen/Context.h>
 #include <ATen/ops/abs.h>
@@ -103,16 +104,9 @@ std::string Describe(const GdnScanOptions& o) {
 // ---------------------------------------------------------------------------------------------
 // Golden data.
 
-std::string GoldenDir() {
-  const char* env = std::getenv("WMSERVE_GOLDEN_DIR");
-  if (env && *env) return env;
-  return WMSERVE_SOURCE_DIR "/../shared/golden/sana-wm-tiny";
-}
+using golden::GoldenDir;
 
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
+using golden::FileExists;
 
 // Max errors seen per golden tensor, printed once at the end of the run for the record.
 std::vector<std::pair<std::string, double>>& ErrorLog() {

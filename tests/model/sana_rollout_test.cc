@@ -9,6 +9,7 @@
 //  * StreamingRollout: seeds, cache_bytes constant after warm-up, condition frame, cancellation.
 //  * BidirectionalRollout: runs, CFG scale 1 == no CFG, cancellation.
 #include "worker/models/sana/rollout.h"
+#include "tests/model/sana_golden.h"
 
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/equal.h>
@@ -39,16 +40,9 @@ namespace {
 
 constexpr double kStreamTol = 1e-5;  // streaming vs whole-sequence chunk-causal, float32
 
-std::string GoldenDir() {
-  const char* env = std::getenv("WMSERVE_GOLDEN_DIR");
-  if (env && *env) return env;
-  return WMSERVE_SOURCE_DIR "/../shared/golden/sana-wm-tiny";
-}
+using golden::GoldenDir;
 
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
+using golden::FileExists;
 
 double RelErr(const at::Tensor& got, const at::Tensor& ref) {
   const at::Tensor r = ref.to(at::kDouble);

@@ -10,6 +10,7 @@
 //  * ExpectedParameters == weights.safetensors (names and shapes); the 2.6B preset's count.
 //  * bf16 forward stays close to fp32; precise errors for bad weights files and inputs.
 #include "worker/models/sana/transformer.h"
+#include "tests/model/sana_golden.h"
 
 #include <ATen/ATen.h>
 #include <ATen/ops/isfinite.h>
@@ -54,16 +55,9 @@ double RelErr(const at::Tensor& got, const at::Tensor& ref) {
   return scale > 0 ? diff / scale : diff;
 }
 
-std::string GoldenDir() {
-  const char* env = std::getenv("WMSERVE_GOLDEN_DIR");
-  if (env && *env) return env;
-  return WMSERVE_SOURCE_DIR "/../shared/golden/sana-wm-tiny";
-}
+using golden::GoldenDir;
 
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
+using golden::FileExists;
 
 // Worst error per golden tensor, printed at the end of the run for the record.
 std::map<std::string, double>& ErrorLog() {

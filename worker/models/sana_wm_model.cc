@@ -6,6 +6,8 @@
 // CANCELLED, out of memory -> RESOURCE_EXHAUSTED, anything else -> INTERNAL.
 #include "worker/models/sana_wm_model.h"
 
+#include "worker/models/torch_device.h"
+
 #include <ATen/Context.h>
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
@@ -109,30 +111,6 @@ auto CatchSana(const char* what, Fn&& fn) -> decltype(fn()) {
 
 // --- config ----------------------------------------------------------------------------------
 
-absl::StatusOr<c10::Device> ParseDevice(const std::string& device, bool check_present) {
-  if (device == "cpu") return c10::Device(c10::kCPU);
-  constexpr char kCudaPrefix[] = "cuda:";
-  const size_t prefix_len = sizeof(kCudaPrefix) - 1;
-  const std::string index_text =
-      device.compare(0, prefix_len, kCudaPrefix) == 0 ? device.substr(prefix_len) : "";
-  const bool well_formed = !index_text.empty() && index_text.size() <= 3 &&
-                           std::all_of(index_text.begin(), index_text.end(),
-                                       [](char ch) { return ch >= '0' && ch <= '9'; });
-  if (!well_formed) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("device \"", device, "\": expected \"cpu\" or \"cuda:N\""));
-  }
-  const int index = std::stoi(index_text);
-  if (check_present) {
-    const int64_t count =
-        torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
-    if (index >= count) {
-      return absl::UnavailableError(
-          absl::StrCat("device ", device, ": not available (", count, " CUDA devices)"));
-    }
-  }
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
-}
 
 absl::StatusOr<c10::ScalarType> ParseDtype(const std::string& dtype) {
   if (dtype == "fp32" || dtype == "float32") return c10::ScalarType::Float;
@@ -663,7 +641,7 @@ void LoadPromptEmbeddings(const std::string& path, const SanaConfig& cfg, c10::D
 
 absl::StatusOr<std::unique_ptr<Model>> CreateOrThrow(const SanaWmConfig& config,
                                                      ModelDescriptor descriptor) {
-  absl::StatusOr<c10::Device> device = ParseDevice(config.device, /*check_present=*/true);
+  absl::StatusOr<c10::Device> device = ParseTorchDevice(config.device, /*check_present=*/true);
   if (!device.ok()) return device.status();
   absl::StatusOr<c10::ScalarType> dtype = ParseDtype(config.dtype);
   if (!dtype.ok()) return dtype.status();
@@ -715,7 +693,7 @@ absl::StatusOr<std::unique_ptr<Model>> CreateOrThrow(const SanaWmConfig& config,
 }  // namespace
 
 absl::StatusOr<ModelDescriptor> DescribeSanaWm(const SanaWmConfig& config) {
-  absl::StatusOr<c10::Device> device = ParseDevice(config.device, /*check_present=*/false);
+  absl::StatusOr<c10::Device> device = ParseTorchDevice(config.device, /*check_present=*/false);
   if (!device.ok()) return device.status();
   absl::StatusOr<c10::ScalarType> dtype = ParseDtype(config.dtype);
   if (!dtype.ok()) return dtype.status();

@@ -14,6 +14,8 @@
 // broadcast tensor ops in float, then grid_sample.
 #include "worker/models/warp_model.h"
 
+#include "worker/models/torch_device.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
@@ -270,30 +272,6 @@ auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
   }
 }
 
-absl::StatusOr<c10::Device> ParseDevice(const std::string& device) {
-  if (device == "cpu") return c10::Device(c10::kCPU);
-  constexpr char kCudaPrefix[] = "cuda:";
-  const size_t prefix_len = sizeof(kCudaPrefix) - 1;
-  const std::string index_text =
-      device.compare(0, prefix_len, kCudaPrefix) == 0 ? device.substr(prefix_len) : "";
-  // Digits only (no sign, no spaces), and short enough to rule out overflow.
-  const bool well_formed = !index_text.empty() && index_text.size() <= 3 &&
-                           std::all_of(index_text.begin(), index_text.end(),
-                                       [](char ch) { return ch >= '0' && ch <= '9'; });
-  if (!well_formed) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("device \"", device, "\": expected \"cpu\" or \"cuda:N\""));
-  }
-  const int index = std::stoi(index_text);
-  // device_count()'s return type differs across LibTorch versions (size_t, DeviceIndex).
-  const int64_t count =
-      torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
-  if (index >= count) {
-    return absl::UnavailableError(
-        absl::StrCat("device ", device, ": not available (", count, " CUDA devices)"));
-  }
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
-}
 
 // Measures one stage's wall time into the rollout's timings when it goes out of scope.
 class StageTimer {
@@ -624,7 +602,7 @@ absl::StatusOr<std::unique_ptr<Model>> CreateWarpModel(const WarpModelConfig& co
         absl::StrCat("frames_per_chunk: must be > 0 (got ", config.frames_per_chunk, ")"));
   }
   return CatchTorch("create", [&]() -> absl::StatusOr<std::unique_ptr<Model>> {
-    absl::StatusOr<c10::Device> device = ParseDevice(config.device);
+    absl::StatusOr<c10::Device> device = ParseTorchDevice(config.device, /*check_present=*/true);
     if (!device.ok()) return device.status();
     return std::make_unique<WarpModel>(*device, config.frames_per_chunk);
   });
