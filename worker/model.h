@@ -30,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "worker/media/rgb_image.h"
 
@@ -76,6 +77,22 @@ class RolloutControl {
   virtual void OnStep(ModelStage stage, int step, int total_steps) = 0;
   // Wall time spent in a stage, accumulated into the rollout's per-stage timings.
   virtual void AddStageTime(ModelStage stage, absl::Duration elapsed) = 0;
+};
+
+// Adds the wall time of a scope to one stage of the rollout's timings (RAII), e.g.
+//   { StageTimer t(control, ModelStage::kDecode); ... }
+class StageTimer {
+ public:
+  StageTimer(RolloutControl& control, ModelStage stage)
+      : control_(control), stage_(stage), start_(absl::Now()) {}
+  ~StageTimer() { control_.AddStageTime(stage_, absl::Now() - start_); }
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+
+ private:
+  RolloutControl& control_;
+  ModelStage stage_;
+  absl::Time start_;
 };
 
 // One rollout's model-side state. Not thread-safe: used by one rollout thread at a time.

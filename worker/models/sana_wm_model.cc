@@ -290,20 +290,6 @@ absl::Status ValidateSpec(const RolloutSpec& spec, const ModelDescriptor& descri
   return absl::OkStatus();
 }
 
-class StageTimer {
- public:
-  StageTimer(RolloutControl& control, ModelStage stage)
-      : control_(control), stage_(stage), start_(absl::Now()) {}
-  ~StageTimer() { control_.AddStageTime(stage_, absl::Now() - start_); }
-  StageTimer(const StageTimer&) = delete;
-  StageTimer& operator=(const StageTimer&) = delete;
-
- private:
-  RolloutControl& control_;
-  ModelStage stage_;
-  absl::Time start_;
-};
-
 class NullControl final : public RolloutControl {
  public:
   bool cancelled() const override { return false; }

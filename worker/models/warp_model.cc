@@ -273,21 +273,6 @@ auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
 }
 
 
-// Measures one stage's wall time into the rollout's timings when it goes out of scope.
-class StageTimer {
- public:
-  StageTimer(RolloutControl& control, ModelStage stage)
-      : control_(control), stage_(stage), start_(absl::Now()) {}
-  ~StageTimer() { control_.AddStageTime(stage_, absl::Now() - start_); }
-  StageTimer(const StageTimer&) = delete;
-  StageTimer& operator=(const StageTimer&) = delete;
-
- private:
-  RolloutControl& control_;
-  ModelStage stage_;
-  absl::Time start_;
-};
-
 // Everything a rollout needs on the device, prepared by the image encode stage.
 struct WarpState {
   at::Tensor source;     // [1, 3, H, W] float, pixel values + 0.5 (see Render)
