@@ -90,6 +90,23 @@ class RolloutE2E : public ::testing::Test {
     return out;
   }
 
+  // Runs `req` and SIGSTOPs the worker running it at the first chunk (a frozen worker keeps its
+  // TCP stream open: only missed heartbeats reveal it); thaws it once the stream has ended.
+  client::RolloutResult RunFreezingItsWorker(const v1::RolloutRequest& req, std::string* id,
+                                             pid_t* frozen) {
+    client::RolloutCallbacks cb;
+    cb.on_accepted = [&](const v1::Accepted& a) { *id = a.rollout_id(); };
+    cb.on_chunk = [&](const v1::VideoChunk&) {
+      if (*frozen > 0) return;
+      *frozen = WorkerPidOf(*id);
+      if (*frozen > 0) ::kill(*frozen, SIGSTOP);
+    };
+    client::RolloutResult r = Run(req, cb);
+    EXPECT_GT(*frozen, 0) << "no worker was frozen";
+    if (*frozen > 0) ::kill(*frozen, SIGCONT);
+    return r;
+  }
+
   // Process id of the worker running rollout `id`, or -1.
   pid_t WorkerPidOf(const std::string& id) {
     auto status = Status(id);
@@ -288,19 +305,9 @@ TEST_F(RolloutE2E, SilentWorkerIsDeclaredDeadAndItsRolloutMovesToAnother) {
   StartScheduler(2, {"--heartbeat-timeout-ms", "1500"});
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 7);
   const v1::RolloutRequest req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 600, 90, image);
-  pid_t frozen = -1;
   std::string id;
-  client::RolloutCallbacks cb;
-  cb.on_accepted = [&](const v1::Accepted& a) { id = a.rollout_id(); };
-  cb.on_chunk = [&](const v1::VideoChunk&) {
-    if (frozen > 0) return;
-    frozen = WorkerPidOf(id);
-    ASSERT_GT(frozen, 0);
-    ::kill(frozen, SIGSTOP);
-  };
-  client::RolloutResult r = Run(req, cb);
-  ASSERT_GT(frozen, 0);
-  ::kill(frozen, SIGCONT);
+  pid_t frozen = -1;
+  client::RolloutResult r = RunFreezingItsWorker(req, &id, &frozen);
   ASSERT_TRUE(r.ok()) << client::FormatStatus(r.status);
   EXPECT_EQ(r.final.frames_sent(), 600u);
   auto status = Status(id);
@@ -315,19 +322,9 @@ TEST_F(RolloutE2E, NoWorkerLeftFailsUnavailableWithRetryHint) {
   StartScheduler(1, {"--heartbeat-timeout-ms", "1500", "--no-worker-timeout-s", "2"});
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 9);
   const v1::RolloutRequest req = MakeWarpRequest(client::TrajectoryPreset::kYaw, 2000, 90, image);
-  pid_t frozen = -1;
   std::string id;
-  client::RolloutCallbacks cb;
-  cb.on_accepted = [&](const v1::Accepted& a) { id = a.rollout_id(); };
-  cb.on_chunk = [&](const v1::VideoChunk&) {
-    if (frozen > 0) return;
-    frozen = WorkerPidOf(id);
-    ASSERT_GT(frozen, 0);
-    ::kill(frozen, SIGSTOP);
-  };
-  client::RolloutResult r = Run(req, cb);
-  ASSERT_GT(frozen, 0);
-  ::kill(frozen, SIGCONT);
+  pid_t frozen = -1;
+  client::RolloutResult r = RunFreezingItsWorker(req, &id, &frozen);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << client::FormatStatus(r.status);
   EXPECT_THAT(r.status.error_message(), HasSubstr("no worker serving model warp"));
   const auto retry = RetryAfter(r.status);
