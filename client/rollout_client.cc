@@ -139,6 +139,10 @@ class StreamOrderChecker {
     if (chunk.index() != next_index_) {
       return absl::StrCat("VideoChunk index ", chunk.index(), ", expected ", next_index_);
     }
+    if (!frame_known_) {
+      next_frame_ = chunk.first_frame();
+      frame_known_ = true;
+    }
     if (chunk.first_frame() != next_frame_) {
       return absl::StrCat("VideoChunk ", chunk.index(), " first_frame ", chunk.first_frame(),
                           ", expected ", next_frame_);
@@ -153,6 +157,13 @@ class StreamOrderChecker {
   bool got_final_ = false;
   uint32_t next_index_ = 0;
   uint32_t next_frame_ = 0;
+  // An Attach stream starts at the requested chunk; its first frame is whatever that chunk's is.
+  bool frame_known_ = true;
+
+ public:
+  StreamOrderChecker() = default;
+  explicit StreamOrderChecker(uint32_t first_chunk)
+      : next_index_(first_chunk), frame_known_(first_chunk == 0) {}
 };
 
 // Records `event` in `result` and hands it to its callback.
@@ -249,11 +260,14 @@ absl::StatusOr<v1::RolloutRequest> BuildRolloutRequest(absl::string_view model,
                                       options, image_path);
 }
 
-RolloutResult RunRollout(v1::RolloutService::Stub& stub, const v1::RolloutRequest& request,
-                         const RolloutCallbacks& callbacks, grpc::ClientContext* ctx) {
+namespace {
+
+// Reads a Rollout or Attach stream to its end, checking the event order.
+RolloutResult ReadStream(grpc::ClientReader<v1::RolloutEvent>& reader_ref,
+                         StreamOrderChecker checker, const RolloutCallbacks& callbacks,
+                         grpc::ClientContext* ctx) {
   RolloutResult result;
-  std::unique_ptr<grpc::ClientReader<v1::RolloutEvent>> reader = stub.Rollout(ctx, request);
-  StreamOrderChecker checker;
+  grpc::ClientReader<v1::RolloutEvent>* reader = &reader_ref;
   std::string violation;
   v1::RolloutEvent event;
   while (reader->Read(&event)) {
@@ -276,6 +290,24 @@ RolloutResult RunRollout(v1::RolloutService::Stub& stub, const v1::RolloutReques
     result.status = grpc::Status(grpc::StatusCode::INTERNAL, "stream ended without Final");
   }
   return result;
+}
+
+}  // namespace
+
+RolloutResult RunRollout(v1::RolloutService::Stub& stub, const v1::RolloutRequest& request,
+                         const RolloutCallbacks& callbacks, grpc::ClientContext* ctx) {
+  std::unique_ptr<grpc::ClientReader<v1::RolloutEvent>> reader = stub.Rollout(ctx, request);
+  return ReadStream(*reader, StreamOrderChecker(), callbacks, ctx);
+}
+
+RolloutResult AttachRollout(v1::RolloutService::Stub& stub, const std::string& rollout_id,
+                            uint32_t from_chunk, const RolloutCallbacks& callbacks,
+                            grpc::ClientContext* ctx) {
+  v1::AttachRequest request;
+  request.set_rollout_id(rollout_id);
+  request.set_from_chunk(from_chunk);
+  std::unique_ptr<grpc::ClientReader<v1::RolloutEvent>> reader = stub.Attach(ctx, request);
+  return ReadStream(*reader, StreamOrderChecker(from_chunk), callbacks, ctx);
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {

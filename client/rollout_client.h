@@ -96,6 +96,12 @@ struct RolloutResult {
 RolloutResult RunRollout(v1::RolloutService::Stub& stub, const v1::RolloutRequest& request,
                          const RolloutCallbacks& callbacks, grpc::ClientContext* ctx);
 
+// Attach(rollout_id, from_chunk): continues a rollout after a dropped connection. Same checks as
+// RunRollout, except that chunks start at `from_chunk` (Accepted.existing is true).
+RolloutResult AttachRollout(v1::RolloutService::Stub& stub, const std::string& rollout_id,
+                            uint32_t from_chunk, const RolloutCallbacks& callbacks,
+                            grpc::ClientContext* ctx);
+
 // ----- Helpers -------------------------------------------------------------------------------
 
 // An insecure channel to `target` (host:port) whose receive limit fits large video chunks (the

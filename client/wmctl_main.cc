@@ -44,6 +44,7 @@ commands:
   rollout --image IMG --trajectory FILE --out FILE [--model NAME] [--seed S]
           [--quality fast|balanced|high] [--width W --height H]
           [--option key=value ...] [--request-id ID]
+          [--priority high|normal|low] [--tenant T] [--reattach-grace SECONDS]
       Render a video from the first frame IMG (PNG or JPEG) along the camera
       trajectory FILE (JSON, see `wmctl trajectory`). The fragmented MP4 is
       written to --out as chunks arrive, so it can be played while it grows.
@@ -51,6 +52,12 @@ commands:
       are scaled when IMG's size differs from the file's image size.
       --model defaults to warp, --seed to 0; --width/--height (even, both or
       neither) default to the model's native size. Ctrl-C cancels the rollout.
+      --request-id makes a resubmission join the same rollout; --reattach-grace
+      keeps it running that long after a dropped connection (see attach).
+  attach ID --out FILE [--from-chunk N]
+      Continue a rollout after a dropped connection. With --from-chunk 0 (the
+      default) FILE is rewritten from the start; with N > 0 the chunks from N
+      on are appended to FILE (which holds the init segment and chunks < N).
   cancel ID
       Cancel a rollout; prints the state it ended in.
   status ID
@@ -233,6 +240,9 @@ struct RolloutArgs {
   std::string out_path;
   uint64_t seed = 0;
   RequestOptions request_options;
+  v1::Priority priority = v1::PRIORITY_UNSPECIFIED;
+  std::string tenant;
+  uint32_t reattach_grace_s = 0;
 };
 
 absl::StatusOr<RolloutArgs> ParseRolloutArgs(const Flags& flags) {
@@ -266,6 +276,17 @@ absl::StatusOr<RolloutArgs> ParseRolloutArgs(const Flags& flags) {
     return status;
   }
   args.request_options.client_request_id = flags.Get("request-id");
+  if (flags.Has("priority")) {
+    const std::string p = flags.Get("priority");
+    if (p == "high") args.priority = v1::PRIORITY_HIGH;
+    else if (p == "normal") args.priority = v1::PRIORITY_NORMAL;
+    else if (p == "low") args.priority = v1::PRIORITY_LOW;
+    else return absl::InvalidArgumentError(absl::StrCat("--priority: expected high, normal or low, got \"", p, "\""));
+  }
+  args.tenant = flags.Get("tenant");
+  absl::StatusOr<uint32_t> grace = flags.Number<uint32_t>("reattach-grace", 0);
+  if (!grace.ok()) return grace.status();
+  args.reattach_grace_s = *grace;
   return args;
 }
 
@@ -282,9 +303,12 @@ class OutputFile {
   OutputFile(const OutputFile&) = delete;
   OutputFile& operator=(const OutputFile&) = delete;
 
-  absl::Status Open() {
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) return Error("cannot create");
+  // `append`: continue an existing file (a re-attached rollout's later chunks).
+  absl::Status Open(bool append = false) {
+    fd_ = append ? ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC)
+                 : ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) return Error(append ? "cannot open for appending" : "cannot create");
+    appending_ = append;
     return absl::OkStatus();
   }
 
@@ -305,11 +329,12 @@ class OutputFile {
   void Finish() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
-    if (bytes_written_ == 0) ::unlink(path_.c_str());
+    if (bytes_written_ == 0 && !appending_) ::unlink(path_.c_str());
   }
 
   const std::string& path() const { return path_; }
   uint64_t bytes_written() const { return bytes_written_; }
+  bool appending() const { return appending_; }
 
  private:
   absl::Status Error(absl::string_view what) const {
@@ -318,6 +343,7 @@ class OutputFile {
 
   std::string path_;
   int fd_ = -1;
+  bool appending_ = false;
   uint64_t bytes_written_ = 0;
 };
 
@@ -450,21 +476,13 @@ void SetUnaryDeadline(grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
 }
 
-int RunRolloutCommand(const Globals& globals, const Flags& flags) {
-  absl::StatusOr<RolloutArgs> args = ParseRolloutArgs(flags);
-  if (!args.ok()) return Fail(kExitUsage, args.status().message());
-  absl::StatusOr<v1::TrajectoryFile> trajectory = ReadTrajectoryFile(args->trajectory_path);
-  if (!trajectory.ok()) return Fail(kExitFailure, trajectory.status().message());
-  absl::StatusOr<v1::RolloutRequest> request = BuildRolloutRequest(
-      args->model, args->image_path, *std::move(trajectory), args->seed, args->request_options);
-  if (!request.ok()) return Fail(kExitFailure, request.status().message());
-
-  OutputFile out(args->out_path);
-  if (absl::Status status = out.Open(); !status.ok()) return Fail(kExitFailure, status.message());
-
-  std::unique_ptr<v1::RolloutService::Stub> stub = MakeStub(globals);
+// Runs one Rollout or Attach stream (`run`) and writes it to `out` as it arrives, with progress
+// on stderr and Ctrl-C cancelling the call. Returns the process exit code.
+int StreamToFile(OutputFile& out, uint32_t frames_total,
+                 const std::function<RolloutResult(const RolloutCallbacks&, grpc::ClientContext*)>&
+                     run) {
   grpc::ClientContext ctx;
-  ProgressDisplay progress(request->num_frames());
+  ProgressDisplay progress(frames_total);
   absl::Status write_status;
   auto append = [&](absl::string_view bytes) {
     if (!write_status.ok()) return;
@@ -474,7 +492,7 @@ int RunRolloutCommand(const Globals& globals, const Flags& flags) {
   RolloutCallbacks callbacks;
   callbacks.keep_video_bytes = false;
   callbacks.on_accepted = [&](const v1::Accepted& accepted) {
-    // Printed at once so a user can `wmctl cancel` it from another shell.
+    // Printed at once so a user can `wmctl cancel` or `wmctl attach` it from another shell.
     std::printf("%s\n", accepted.rollout_id().c_str());
     std::fflush(stdout);
     progress.OnAccepted(accepted);
@@ -482,7 +500,8 @@ int RunRolloutCommand(const Globals& globals, const Flags& flags) {
   callbacks.on_progress = [&](const v1::Progress& p) { progress.OnProgress(p); };
   callbacks.on_init = [&](const v1::StreamInit& init) {
     progress.OnInit();
-    append(init.init_segment());
+    // An appended file already starts with the init segment.
+    if (!out.appending()) append(init.init_segment());
   };
   callbacks.on_chunk = [&](const v1::VideoChunk& chunk) {
     append(chunk.data());
@@ -493,7 +512,7 @@ int RunRolloutCommand(const Globals& globals, const Flags& flags) {
   RolloutResult result;
   {
     SigintCanceller canceller(&ctx);
-    result = RunRollout(*stub, *request, callbacks, &ctx);
+    result = run(callbacks, &ctx);
   }
   progress.Done();
   out.Finish();
@@ -511,6 +530,59 @@ int RunRolloutCommand(const Globals& globals, const Flags& flags) {
                result.final.frames_sent(), result.chunks.size(),
                static_cast<unsigned long long>(out.bytes_written()), seconds);
   return 0;
+}
+
+int RunRolloutCommand(const Globals& globals, const Flags& flags) {
+  absl::StatusOr<RolloutArgs> args = ParseRolloutArgs(flags);
+  if (!args.ok()) return Fail(kExitUsage, args.status().message());
+  absl::StatusOr<v1::TrajectoryFile> trajectory = ReadTrajectoryFile(args->trajectory_path);
+  if (!trajectory.ok()) return Fail(kExitFailure, trajectory.status().message());
+  absl::StatusOr<v1::RolloutRequest> request = BuildRolloutRequest(
+      args->model, args->image_path, *std::move(trajectory), args->seed, args->request_options);
+  if (!request.ok()) return Fail(kExitFailure, request.status().message());
+  request->set_priority(args->priority);
+  request->set_tenant(args->tenant);
+  request->set_reattach_grace_s(args->reattach_grace_s);
+
+  OutputFile out(args->out_path);
+  if (absl::Status status = out.Open(); !status.ok()) return Fail(kExitFailure, status.message());
+  std::unique_ptr<v1::RolloutService::Stub> stub = MakeStub(globals);
+  return StreamToFile(out, request->num_frames(),
+                      [&](const RolloutCallbacks& callbacks, grpc::ClientContext* ctx) {
+                        return RunRollout(*stub, *request, callbacks, ctx);
+                      });
+}
+
+int RunAttachCommand(const Globals& globals, const Flags& flags) {
+  if (absl::Status s = ExpectPositional(flags, 1, "rollout id"); !s.ok()) {
+    return Fail(kExitUsage, s.message());
+  }
+  const std::string id = flags.positional()[0];
+  absl::StatusOr<std::string> out_path = flags.Required("out");
+  if (!out_path.ok()) return Fail(kExitUsage, out_path.status().message());
+  absl::StatusOr<uint32_t> from_chunk = flags.Number<uint32_t>("from-chunk", 0);
+  if (!from_chunk.ok()) return Fail(kExitUsage, from_chunk.status().message());
+
+  std::unique_ptr<v1::RolloutService::Stub> stub = MakeStub(globals);
+  uint32_t frames_total = 0;
+  {
+    grpc::ClientContext ctx;
+    SetUnaryDeadline(&ctx);
+    v1::GetRolloutRequest req;
+    req.set_rollout_id(id);
+    v1::RolloutStatus status;
+    grpc::Status s = stub->GetRollout(&ctx, req, &status);
+    if (!s.ok()) return Fail(kExitFailure, "attach failed: " + FormatStatus(s));
+    frames_total = status.frames_total();
+  }
+  OutputFile out(*out_path);
+  if (absl::Status status = out.Open(/*append=*/*from_chunk > 0); !status.ok()) {
+    return Fail(kExitFailure, status.message());
+  }
+  return StreamToFile(out, frames_total,
+                      [&](const RolloutCallbacks& callbacks, grpc::ClientContext* ctx) {
+                        return AttachRollout(*stub, id, *from_chunk, callbacks, ctx);
+                      });
 }
 
 // "ROLLOUT_STATE_RUNNING" -> "RUNNING"; unknown numbers print as such.
@@ -674,8 +746,9 @@ struct Command {
 const Command kCommands[] = {
     {"rollout",
      {"model", "image", "trajectory", "out", "seed", "quality", "width", "height", "option",
-      "request-id"},
+      "request-id", "priority", "tenant", "reattach-grace"},
      {"option"}},
+    {"attach", {"out", "from-chunk"}, {}},
     {"cancel", {}, {}},
     {"status", {}, {}},
     {"workers", {}, {}},
@@ -698,6 +771,7 @@ int Dispatch(const Globals& globals, const std::string& name,
     return 0;
   }
   if (name == "rollout") return RunRolloutCommand(globals, *flags);
+  if (name == "attach") return RunAttachCommand(globals, *flags);
   if (name == "cancel") return RunCancelCommand(globals, *flags);
   if (name == "status") return RunStatusCommand(globals, *flags);
   if (name == "workers") return RunWorkersCommand(globals, *flags);

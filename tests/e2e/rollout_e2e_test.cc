@@ -209,6 +209,54 @@ TEST_F(RolloutE2E, WmctlWritesAPlayableFileProgressively) {
   EXPECT_THAT(output, HasSubstr("NOT_FOUND"));
 }
 
+TEST_F(RolloutE2E, WmctlAttachAppendsTheRestAfterADroppedConnection) {
+  StartScheduler(1);
+  const std::string dir = MakeTempDir();
+  const std::string out = dir + "/video.mp4";
+  v1::RolloutRequest req =
+      MakeWarpRequest(client::TrajectoryPreset::kYaw, 320, 40, MakeTestImage(kWidth, kHeight, 21));
+  req.set_reattach_grace_s(30);
+  // The first connection saves init + chunks 0..2 to the file, then drops.
+  std::string id, saved;
+  uint32_t got = 0;
+  grpc::ClientContext first;
+  client::RolloutCallbacks cb;
+  cb.on_accepted = [&](const v1::Accepted& a) { id = a.rollout_id(); };
+  cb.on_init = [&](const v1::StreamInit& init) { saved = init.init_segment(); };
+  cb.on_chunk = [&](const v1::VideoChunk& c) {
+    if (got == 3) return;
+    saved += c.data();
+    if (++got == 3) first.TryCancel();
+  };
+  client::RunRollout(scheduler_->stub(), req, cb, &first);
+  ASSERT_EQ(got, 3u);
+  std::ofstream(out, std::ios::binary) << saved;
+
+  std::string output;
+  ASSERT_EQ(RunCommand({WmctlBinary(), "--server", scheduler_->address(), "attach", id,
+                        "--from-chunk", "3", "--out", out},
+                       &output),
+            0)
+      << output;
+  std::ifstream in(out, std::ios::binary);
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  auto video = media::DecodeVideo(bytes.str());
+  ASSERT_TRUE(video.ok()) << video.status();
+  EXPECT_EQ(video->frames.size(), 320u) << "chunks 0..2 from the first connection + the rest";
+
+  EXPECT_EQ(RunCommand({WmctlBinary(), "--server", scheduler_->address(), "attach", "r-nope",
+                        "--out", dir + "/x.mp4"},
+                       &output),
+            1);
+  EXPECT_THAT(output, HasSubstr("NOT_FOUND"));
+  EXPECT_EQ(RunCommand({WmctlBinary(), "rollout", "--image", "x", "--trajectory", "y", "--out",
+                        "z", "--priority", "urgent"},
+                       &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("--priority"));
+}
+
 TEST_F(RolloutE2E, CancelMidStreamStopsTheWorkerWhichTakesTheNextRollout) {
   StartScheduler(1);
   const media::RgbImage image = MakeTestImage(kWidth, kHeight, 3);
