@@ -172,6 +172,30 @@ const SanaBlockCache::ChunkKv& CachedChunkKv(const SanaBlockCache* block, int64_
 
 }  // namespace
 
+// Both attention kinds end alike. The camera branch's restored heads (B, H, N, D) become the
+// camera contribution added to the attention output...
+at::Tensor SanaTransformer::AddCameraContribution(const at::Tensor& restored, const SanaBlockWeights& w,
+                                                  const std::string& p, const Context& ctx,
+                                                  const at::Tensor& combined) {
+  const at::Tensor cam_raw = HeadsToTokens(restored);
+  ctx.Tap(p + "cam_raw", cam_raw);
+  const at::Tensor cam_contrib = at::linear(cam_raw, w.out_proj_cam_weight, w.out_proj_cam_bias);
+  ctx.Tap(p + "cam_contrib", cam_contrib);
+  const at::Tensor out = combined.add(cam_contrib);
+  ctx.Tap(p + "attn_combined", out);
+  return out;
+}
+
+// ...and the shared output gate (SiLU in float32) and projection are applied once.
+at::Tensor SanaTransformer::GatedOutput(const at::Tensor& h, const SanaBlockWeights& w, const std::string& p,
+                                        const Context& ctx, const at::Tensor& combined) {
+  const at::Tensor gate =
+      at::silu(at::linear(h, w.output_gate_weight, w.output_gate_bias).to(at::kFloat));
+  const at::Tensor gated = combined.mul(gate);
+  ctx.Tap(p + "attn_gated", gated);
+  return at::linear(gated.to(w.proj_weight.scalar_type()), w.proj_weight, w.proj_bias);
+}
+
 at::Tensor SanaTransformer::Block(int index, const at::Tensor& x_in, const Context& ctx) const {
   const SanaBlockWeights& w = weights_.blocks[index];
   const int64_t b = ctx.batch, t = ctx.frames, s = ctx.tokens_per_frame, n = ctx.tokens;
@@ -337,20 +361,10 @@ at::Tensor SanaTransformer::GdnAttention(int index, const at::Tensor& h, const C
         UcpeTransform(cam_out.to(h.scalar_type()).transpose(-1, -2), ctx.ray_p, ctx.cam_rope,
                       /*inverse_rope=*/true)
             .transpose(-1, -2);
-    const at::Tensor cam_raw = HeadsToTokens(restored);
-    ctx.Tap(p + "cam_raw", cam_raw);
-    const at::Tensor cam_contrib = at::linear(cam_raw, w.out_proj_cam_weight, w.out_proj_cam_bias);
-    ctx.Tap(p + "cam_contrib", cam_contrib);
-    combined = combined.add(cam_contrib);
-    ctx.Tap(p + "attn_combined", combined);
+    combined = AddCameraContribution(restored, w, p, ctx, combined);
   }
 
-  // Shared output gate (SiLU in float32) and projection, applied once.
-  const at::Tensor gate =
-      at::silu(at::linear(h, w.output_gate_weight, w.output_gate_bias).to(at::kFloat));
-  const at::Tensor gated = combined.mul(gate);
-  ctx.Tap(p + "attn_gated", gated);
-  return at::linear(gated.to(w.proj_weight.scalar_type()), w.proj_weight, w.proj_bias);
+  return GatedOutput(h, w, p, ctx, combined);
 }
 
 // `_SoftmaxUCPESinglePathLiteLA.forward`: full bidirectional SDPA main branch
@@ -461,19 +475,10 @@ at::Tensor SanaTransformer::SoftmaxAttention(int index, const at::Tensor& h,
     const at::Tensor restored =
         UcpeTransform(out.to(dtype), ctx.ray_p, ctx.cam_rope, /*inverse_rope=*/true)
             .transpose(-1, -2);
-    const at::Tensor cam_raw = HeadsToTokens(restored);
-    ctx.Tap(p + "cam_raw", cam_raw);
-    const at::Tensor cam_contrib = at::linear(cam_raw, w.out_proj_cam_weight, w.out_proj_cam_bias);
-    ctx.Tap(p + "cam_contrib", cam_contrib);
-    combined = combined.add(cam_contrib);
-    ctx.Tap(p + "attn_combined", combined);
+    combined = AddCameraContribution(restored, w, p, ctx, combined);
   }
 
-  const at::Tensor gate =
-      at::silu(at::linear(h, w.output_gate_weight, w.output_gate_bias).to(at::kFloat));
-  const at::Tensor gated = combined.mul(gate);
-  ctx.Tap(p + "attn_gated", gated);
-  return at::linear(gated.to(dtype), w.proj_weight, w.proj_bias);
+  return GatedOutput(h, w, p, ctx, combined);
 }
 
 // `MultiHeadCrossAttention.forward` (SDPA path): query = the raw residual stream, RMSNorm'd q/k

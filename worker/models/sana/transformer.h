@@ -266,6 +266,15 @@ class SanaTransformer {
   // Per-forward state shared by the blocks (transformer_context.h).
   struct Context;
 
+  // The common tail of both attention kinds (blocks.cc): the camera branch's restored heads
+  // become its contribution to the attention output; then the output gate and projection.
+  static at::Tensor AddCameraContribution(const at::Tensor& restored, const SanaBlockWeights& w,
+                                          const std::string& prefix, const Context& ctx,
+                                          const at::Tensor& combined);
+  static at::Tensor GatedOutput(const at::Tensor& h, const SanaBlockWeights& w,
+                                const std::string& prefix, const Context& ctx,
+                                const at::Tensor& combined);
+
   at::Tensor ForwardImpl(const at::Tensor& hidden_states, const at::Tensor& timestep,
                          const at::Tensor& encoder_hidden_states,
                          const at::Tensor& encoder_attention_mask,
