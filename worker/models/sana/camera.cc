@@ -405,16 +405,37 @@ at::Tensor InvertRigid(const at::Tensor& transforms) {
   return out;
 }
 
-at::Tensor ComputeRayMats(const at::Tensor& camera_conditions, int64_t height, int64_t width) {
-  if (height < 1 || width < 1) throw InvalidInputError("ComputeRayMats: empty grid");
-  const CamParams p = Unpack(camera_conditions, "ComputeRayMats");
-  const auto options = at::TensorOptions().dtype(at::kDouble).device(camera_conditions.device());
-  const auto [u, v] = Grid(height, width, options);
-  const int64_t B = camera_conditions.size(0);
-  const int64_t T = camera_conditions.size(1);
-  const std::vector<int64_t> full = {B, T, height, width};
+namespace {
 
-  const V3 d_cam = UnprojectGrid(p, u, v, full);
+// What ComputeRayMats and ComputeAbsMap share: the unpacked cameras and every latent pixel's
+// ray in camera coordinates, in float64 on the input's device.
+struct PixelRays {
+  CamParams p;
+  at::TensorOptions options;
+  int64_t batch, frames;
+  at::Tensor u, v;  // pixel-centre coordinates
+  V3 d_cam;
+};
+
+PixelRays UnprojectPixels(const at::Tensor& camera_conditions, int64_t height, int64_t width,
+                          const char* caller) {
+  if (height < 1 || width < 1) throw InvalidInputError(std::string(caller) + ": empty grid");
+  PixelRays r{Unpack(camera_conditions, caller),
+              at::TensorOptions().dtype(at::kDouble).device(camera_conditions.device()),
+              camera_conditions.size(0), camera_conditions.size(1), {}, {}, {}};
+  std::tie(r.u, r.v) = Grid(height, width, r.options);
+  r.d_cam = UnprojectGrid(r.p, r.u, r.v, {r.batch, r.frames, height, width});
+  return r;
+}
+
+}  // namespace
+
+at::Tensor ComputeRayMats(const at::Tensor& camera_conditions, int64_t height, int64_t width) {
+  const PixelRays rays = UnprojectPixels(camera_conditions, height, width, "ComputeRayMats");
+  const CamParams& p = rays.p;
+  const auto& options = rays.options;
+  const int64_t B = rays.batch, T = rays.frames;
+  const V3& d_cam = rays.d_cam;
   const V3 d_world = p.rot.Apply(d_cam);
   const V3 z = Normalize(d_world, 1e-6);
   const V3 x = Normalize(Cross(p.rot.Column(1), z), 1e-6);
@@ -439,15 +460,11 @@ at::Tensor ComputeRayMats(const at::Tensor& camera_conditions, int64_t height, i
 }
 
 at::Tensor ComputeAbsMap(const at::Tensor& camera_conditions, int64_t height, int64_t width) {
-  if (height < 1 || width < 1) throw InvalidInputError("ComputeAbsMap: empty grid");
-  const CamParams p = Unpack(camera_conditions, "ComputeAbsMap");
-  const auto options = at::TensorOptions().dtype(at::kDouble).device(camera_conditions.device());
-  const auto [u, v] = Grid(height, width, options);
-  const int64_t B = camera_conditions.size(0);
-  const int64_t T = camera_conditions.size(1);
-  const std::vector<int64_t> full = {B, T, height, width};
-
-  const V3 d_cam = UnprojectGrid(p, u, v, full);
+  const PixelRays rays = UnprojectPixels(camera_conditions, height, width, "ComputeAbsMap");
+  const CamParams& p = rays.p;
+  const at::Tensor& u = rays.u;
+  const at::Tensor& v = rays.v;
+  const V3& d_cam = rays.d_cam;
   const at::Tensor nan_ray = d_cam.x.isnan().logical_or(d_cam.y.isnan()).logical_or(d_cam.z.isnan());
   const V3 dir = Normalize(p.rot.Apply(d_cam), 1e-8);
   const at::Tensor lat = at::atan2(dir.y.neg(), dir.x.mul(dir.x).add(dir.z.mul(dir.z)).sqrt());
