@@ -673,10 +673,17 @@ TEST_F(PrometheusE2E, PrometheusScrapesSchedulerAndFileSdWorkersAndSeesTheRollou
         expr.replace(at, std::string("$__rate_interval").size(), "1m");
       }
       ++dashboard_queries;
-      auto samples = prometheus_->Query(expr);
-      ASSERT_TRUE(samples.ok()) << samples.status();
       const bool cuda_only =
           absl::StrContains(expr, "DCGM_") || absl::StrContains(expr, "pool=~\"weights");
+      // Series the rollouts created (per-stage histograms) need two scrapes before rate() sees
+      // them: poll, bounded, before judging.
+      auto samples = prometheus_->Query(expr);
+      for (const absl::Time until = absl::Now() + absl::Seconds(15);
+           !cuda_only && samples.ok() && samples->empty() && absl::Now() < until;) {
+        absl::SleepFor(absl::Milliseconds(500));
+        samples = prometheus_->Query(expr);
+      }
+      ASSERT_TRUE(samples.ok()) << samples.status();
       if (!cuda_only) {
         EXPECT_FALSE(samples->empty()) << "no series on CPU workers";
       }
