@@ -25,6 +25,7 @@ PlanCapacity::PlanCapacity(const std::vector<WorkerSlots>& workers) : workers_(&
   for (const WorkerSlots& w : workers) {
     free_slots_.push_back(std::max(0, w.free_slots));
     free_memory_.push_back(w.free_memory_bytes);
+    running_by_batch_key_.push_back(w.running_by_batch_key);
     total_free_slots_ += free_slots_.back();
   }
 }
@@ -33,6 +34,18 @@ bool PlanCapacity::Fits(int worker, const QueuedRollout& rollout) const {
   if (free_slots_[worker] == 0 || rollout.state_bytes > free_memory_[worker]) return false;
   const auto& models = (*workers_)[worker].models;
   return std::find(models.begin(), models.end(), rollout.model) != models.end();
+}
+
+int PlanCapacity::BatchMates(int worker, const QueuedRollout& rollout) const {
+  if (rollout.batch_key.empty()) return 0;
+  const WorkerSlots& w = (*workers_)[worker];
+  const auto max = w.max_batch.find(rollout.model);
+  if (max == w.max_batch.end() || max->second <= 1) return 0;
+  const auto running = running_by_batch_key_[worker].find(rollout.batch_key);
+  if (running == running_by_batch_key_[worker].end()) return 0;
+  // Full batches of this key are not joined; a new one would start (no advantage).
+  const int in_open_batch = running->second % max->second;
+  return in_open_batch;
 }
 
 int PlanCapacity::BestWorker(const QueuedRollout& rollout) const {
@@ -45,8 +58,11 @@ int PlanCapacity::BestWorker(const QueuedRollout& rollout) const {
     }
     // Lexicographic preference; strict comparisons keep the first listed on ties.
     const bool loaded = (*workers_)[w].model_loaded, best_loaded = (*workers_)[best].model_loaded;
+    const int mates = BatchMates(w, rollout), best_mates = BatchMates(best, rollout);
     if (loaded != best_loaded) {
       if (loaded) best = w;
+    } else if (mates != best_mates) {
+      if (mates > best_mates) best = w;
     } else if (free_slots_[w] != free_slots_[best]) {
       if (free_slots_[w] > free_slots_[best]) best = w;
     } else if (free_memory_[w] > free_memory_[best]) {
@@ -59,6 +75,7 @@ int PlanCapacity::BestWorker(const QueuedRollout& rollout) const {
 void PlanCapacity::Take(int worker, const QueuedRollout& rollout) {
   --free_slots_[worker];
   --total_free_slots_;
+  if (!rollout.batch_key.empty()) ++running_by_batch_key_[worker][rollout.batch_key];
   if (free_memory_[worker] != WorkerSlots::kMemoryNotReported) {
     free_memory_[worker] -= rollout.state_bytes;
   }

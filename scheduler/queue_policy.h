@@ -8,6 +8,7 @@
 #define WMSERVE_SCHEDULER_QUEUE_POLICY_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,9 @@ struct QueuedRollout {
   absl::Time deadline = absl::InfiniteFuture();  // when the client stops waiting
   uint32_t num_frames = 0;   // frames the rollout will generate (its service cost)
   uint64_t state_bytes = 0;  // device memory it holds while running; 0 = negligible
+  // Rollouts with equal non-empty batch keys may share a batched forward on a worker that
+  // co-batches their model (same model, output size and model options); "" = never co-batched.
+  std::string batch_key = {};
 };
 
 // The service a rollout costs its tenant when it starts, in the units TenantLedger counts:
@@ -57,6 +61,10 @@ struct WorkerSlots {
   // The model weights are resident (no load before the first frame). Every worker that lists
   // a model serves it; placement prefers workers where it is resident.
   bool model_loaded = true;
+  // Co-batching: rollouts per batched forward by model (absent or <= 1 = none), and the
+  // rollouts running now by batch key (QueuedRollout::batch_key).
+  std::map<std::string, int> max_batch = {};
+  std::map<std::string, int> running_by_batch_key = {};
 };
 
 struct Assignment {
@@ -79,8 +87,15 @@ class PlanCapacity {
   // True if `worker` (an index into the workers given) can take `rollout` now.
   bool Fits(int worker, const QueuedRollout& rollout) const;
   // The worker that should take `rollout`, or -1 if none fits. Among those that fit prefer,
-  // in order: the model resident (model_loaded), most free slots, most free memory, first listed.
+  // in order: the model resident (model_loaded); a worker where the rollout joins a co-batch
+  // (compatible rollouts running, fewer than the model's max_batch), the fullest such batch
+  // first (packing: a batch of n costs far less than n forwards); then most free slots
+  // (spreading: rollouts that cannot share a forward should not share a device), most free
+  // memory, first listed.
   int BestWorker(const QueuedRollout& rollout) const;
+  // Compatible rollouts `worker` runs that `rollout` would share a batched forward with (0 if
+  // its batch is full, the rollout has no batch key or the worker does not co-batch the model).
+  int BatchMates(int worker, const QueuedRollout& rollout) const;
   // Debits one slot and rollout.state_bytes on `worker`; precondition Fits(worker, rollout).
   void Take(int worker, const QueuedRollout& rollout);
   // No worker has a free slot left.
@@ -94,6 +109,7 @@ class PlanCapacity {
   const std::vector<WorkerSlots>* workers_;  // the caller's; outlives this plan-local object
   std::vector<int> free_slots_;
   std::vector<uint64_t> free_memory_;
+  std::vector<std::map<std::string, int>> running_by_batch_key_;
   int total_free_slots_ = 0;
 };
 

@@ -67,6 +67,8 @@ std::set<std::string> WorkerRegistry::MarkDead(const std::string& id, const std:
   orphans.swap(w.running);
   w.promised.clear();
   w.promised_bytes = 0;
+  w.batch_keys.clear();
+  w.running_by_batch_key.clear();
   return orphans;
 }
 
@@ -89,15 +91,26 @@ void WorkerRegistry::Prune(absl::Time now, absl::Duration retention) {
 }
 
 void WorkerRegistry::AddRollout(const std::string& id, const std::string& rollout_id,
-                                uint64_t state_bytes) {
+                                uint64_t state_bytes, const std::string& batch_key) {
   auto it = workers_.find(id);
   if (it == workers_.end()) return;
   WorkerRecord& w = it->second;
-  if (w.running.insert(rollout_id).second && state_bytes > 0) {
+  if (!w.running.insert(rollout_id).second) return;
+  if (state_bytes > 0) {
     w.promised[rollout_id] = state_bytes;
     w.promised_bytes += state_bytes;
   }
+  if (!batch_key.empty()) {
+    w.batch_keys[rollout_id] = batch_key;
+    ++w.running_by_batch_key[batch_key];
+  }
   UpdateLoadState(w);
+}
+
+void WorkerRegistry::SetMaxBatch(const std::string& id, const std::string& model, int max_batch) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return;
+  it->second.description.max_batch[model] = max_batch;
 }
 
 void WorkerRegistry::RemoveRollout(const std::string& id, const std::string& rollout_id) {
@@ -108,6 +121,10 @@ void WorkerRegistry::RemoveRollout(const std::string& id, const std::string& rol
   if (auto p = w.promised.find(rollout_id); p != w.promised.end()) {
     w.promised_bytes -= p->second;
     w.promised.erase(p);
+  }
+  if (auto k = w.batch_keys.find(rollout_id); k != w.batch_keys.end()) {
+    if (--w.running_by_batch_key[k->second] <= 0) w.running_by_batch_key.erase(k->second);
+    w.batch_keys.erase(k);
   }
   UpdateLoadState(w);
 }
@@ -132,7 +149,8 @@ std::vector<WorkerSlots> WorkerRegistry::SchedulableSlots() const {
     const uint64_t budget = w.description.rollout_memory_bytes;
     const uint64_t free_memory = budget == 0 ? WorkerSlots::kMemoryNotReported
                                              : budget - std::min(budget, w.promised_bytes);
-    slots.push_back({id, w.description.models, free, free_memory, /*model_loaded=*/true});
+    slots.push_back({id, w.description.models, free, free_memory, /*model_loaded=*/true,
+                     w.description.max_batch, w.running_by_batch_key});
   }
   return slots;
 }

@@ -35,6 +35,8 @@ struct WorkerDescription {
   // never limits placement on this worker).
   uint64_t rollout_memory_bytes = 0;
   std::string metrics_endpoint;
+  // Co-batching: rollouts per batched forward by model (reported once loaded; absent = none).
+  std::map<std::string, int> max_batch;
   uint32_t pid = 0;
   bool ready = false;  // warm-up finished
 };
@@ -47,6 +49,9 @@ struct WorkerRecord {
   // state_bytes promised to each running rollout (same keys as `running`), and their sum.
   std::map<std::string, uint64_t> promised;
   uint64_t promised_bytes = 0;
+  // Batch key of each running rollout that has one, and the running count per key.
+  std::map<std::string, std::string> batch_keys;
+  std::map<std::string, int> running_by_batch_key;
   absl::Time registered_at;
   absl::Time last_heartbeat;
   absl::Time died_at = absl::InfinitePast();
@@ -62,6 +67,8 @@ class WorkerRegistry {
   void SetDraining(const std::string& id);
   // Sets the worker's rollout memory budget (see WorkerDescription::rollout_memory_bytes).
   void SetRolloutMemoryBudget(const std::string& id, uint64_t bytes);
+  // Sets how many rollouts of `model` the worker runs in one batched forward.
+  void SetMaxBatch(const std::string& id, const std::string& model, int max_batch);
   // Marks the worker dead and returns the rollouts it was running (now orphaned).
   std::set<std::string> MarkDead(const std::string& id, const std::string& reason, absl::Time now);
   // Workers alive but silent for longer than `timeout`; the caller then MarkDead()s them.
@@ -71,8 +78,9 @@ class WorkerRegistry {
 
   // Assign/finish a rollout on a worker; updates READY/BUSY. `state_bytes` is the memory the
   // rollout was promised (QueuedRollout::state_bytes); it is returned by RemoveRollout/MarkDead.
+  // `batch_key` is QueuedRollout::batch_key (co-batch packing).
   void AddRollout(const std::string& id, const std::string& rollout_id,
-                  uint64_t state_bytes = 0);
+                  uint64_t state_bytes = 0, const std::string& batch_key = "");
   void RemoveRollout(const std::string& id, const std::string& rollout_id);
 
   const WorkerRecord* Find(const std::string& id) const;

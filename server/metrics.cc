@@ -220,7 +220,13 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& r)
       peak_memory_(prometheus::BuildGauge()
                        .Name("wmserve_peak_memory_bytes")
                        .Help("Peak allocated device memory observed during each stage (CUDA).")
-                       .Register(r)) {
+                       .Register(r)),
+      batch_size_(prometheus::BuildHistogram()
+                      .Name("wmserve_batch_size")
+                      .Help("Rollouts per co-batched backbone chunk (one batched forward per "
+                            "denoising step); 1 = the chunk ran alone.")
+                      .Register(r)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 3, 4, 6, 8, 12, 16})) {
   for (const char* stage : {"backbone", "video_encode"}) frames_.Add({{"stage", stage}});
   for (const char* outcome : kOutcomes) rollouts_.Add({{"outcome", outcome}});
   SetState("LOADING");
@@ -229,6 +235,8 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& r)
 void WorkerMetrics::StageTime(absl::string_view stage, double seconds) {
   stage_duration_.Add({{"stage", Bounded(stage, kStages)}}, SecondsBuckets()).Observe(seconds);
 }
+void WorkerMetrics::BatchRun(int batch_size) { batch_size_.Observe(batch_size); }
+
 void WorkerMetrics::DenoiseStep(absl::string_view stage, double seconds) {
   denoise_step_.Add({{"stage", Bounded(stage, kStages)}}, StepBuckets()).Observe(seconds);
 }

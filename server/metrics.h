@@ -109,6 +109,9 @@ class WorkerMetrics {
   void SetPeakMemory(const std::string& gpu, const std::string& uuid, absl::string_view stage,
                      double bytes);
 
+  // One co-batched backbone chunk: rollouts that shared its forwards (1 = ran alone).
+  void BatchRun(int batch_size);
+
   prometheus::Counter& oom_events;
   prometheus::Gauge& rollouts_running;
 
@@ -120,6 +123,7 @@ class WorkerMetrics {
   prometheus::Family<prometheus::Gauge>& state_;
   prometheus::Family<prometheus::Gauge>& memory_;
   prometheus::Family<prometheus::Gauge>& peak_memory_;
+  prometheus::Histogram& batch_size_;
 };
 
 }  // namespace wmserve::metrics

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <random>
 #include <utility>
 
@@ -35,6 +36,21 @@ scheduler::Priority ToPriority(v1::Priority p) {
     case v1::PRIORITY_LOW: return scheduler::Priority::kLow;
     default: return scheduler::Priority::kNormal;
   }
+}
+
+// Rollouts that may share a batched forward on a co-batching worker: the same model, output
+// size and model options (mode, prompt, ...). The worker checks exact compatibility chunk by
+// chunk; this key only makes the scheduler put likely batch-mates together.
+std::string BatchKey(const v1::RolloutRequest& request) {
+  std::map<std::string, std::string> options(request.model_options().begin(),
+                                             request.model_options().end());
+  std::string key = absl::StrCat(request.model(), "|", request.output().width(), "x",
+                                 request.output().height());
+  for (const auto& [name, value] : options) {
+    // Length-prefixed: no separator inside a value can make two option sets look alike.
+    absl::StrAppend(&key, "|", name.size(), ":", name, "=", value.size(), ":", value);
+  }
+  return key;
 }
 
 v1::Priority FromPriority(scheduler::Priority p) {
@@ -126,6 +142,7 @@ absl::StatusOr<std::string> RolloutHub::Submit(v1::RolloutRequest request, absl:
   queued.deadline = deadline;
   queued.num_frames = request.num_frames();
   queued.state_bytes = StateBytesLocked(request.model());
+  queued.batch_key = BatchKey(request);
 
   scheduler::AdmissionDecision decision = admission_.Decide(
       queued, queue_.items(), speed_, ServingSlotsLocked(request.model()), now);
@@ -354,6 +371,7 @@ void RolloutHub::WorkerHeartbeat(const std::string& worker_id, const v1::Heartbe
   for (const v1::ModelMemory& m : hb.model_memory()) {
     state_bytes_[m.model()] = m.rollout_state_bytes();
     weights += m.weights_bytes();
+    registry_.SetMaxBatch(worker_id, m.model(), static_cast<int>(m.max_batch()));
   }
   if (hb.memory_total_bytes() > 0) {
     // What rollouts may be promised: the device minus the resident weights.
@@ -619,7 +637,7 @@ void RolloutHub::DispatchLocked(absl::Time now) {
     queue_.Remove(a.rollout_id);
     // The registry debits the worker's memory budget by what the rollout was promised, so no
     // later plan can over-commit it.
-    registry_.AddRollout(a.worker_id, a.rollout_id, r->queued.state_bytes);
+    registry_.AddRollout(a.worker_id, a.rollout_id, r->queued.state_bytes, r->queued.batch_key);
     // A resumed rollout was charged to its tenant when it first started.
     if (r->resumes == 0) ledger_.Charge(r->queued.tenant, scheduler::ServiceCost(r->queued), now);
     r->state = v1::ROLLOUT_STATE_RUNNING;

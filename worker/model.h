@@ -67,7 +67,9 @@ struct FrameChunk {
 enum class ModelStage { kImageEncode, kBackbone, kRefiner, kDecode };
 const char* ModelStageName(ModelStage stage);
 
-// The runner's side of a rollout, handed to the model. Called only from the rollout thread.
+// The runner's side of a rollout, handed to the model. Used by one thread at a time: the rollout
+// thread, or, while it is blocked in a co-batched chunk, the thread running that batch on its
+// behalf (the batch's mutex hand-off orders the accesses).
 class RolloutControl {
  public:
   virtual ~RolloutControl() = default;
@@ -114,6 +116,9 @@ struct ModelDescriptor {
   uint64_t weights_bytes = 0;
   // Rough per-rollout device memory, bytes, for placement (0 = negligible).
   uint64_t rollout_state_bytes = 0;
+  // Rollouts the model runs in one batched forward when they are compatible (co-batching);
+  // 1 = each rollout runs alone.
+  int max_batch = 1;
 };
 
 class Model {

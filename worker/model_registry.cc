@@ -33,6 +33,10 @@ absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelConfig& config) {
     if (!config.dtype.empty()) sana.dtype = config.dtype;
     if (!config.mode.empty()) sana.mode = config.mode;
     sana.prompt_embeddings = config.prompt_embeddings;
+    sana.max_batch = config.max_batch;
+    sana.batch_gather_fraction = config.batch_gather_fraction;
+    sana.batch_gather_max_ms = config.batch_gather_max_ms;
+    sana.on_batch = config.on_batch;
     return CreateSanaWmModel(sana);
   }
   if (config.name == "testcard") {

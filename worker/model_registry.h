@@ -2,6 +2,7 @@
 #ifndef WMSERVE_WORKER_MODEL_REGISTRY_H_
 #define WMSERVE_WORKER_MODEL_REGISTRY_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,14 @@ struct ModelConfig {
   int frames_per_chunk = 16;   // for models with a free chunk size (warp)
   std::string mode;               // default rollout mode (sana-wm: streaming | bidirectional)
   std::string prompt_embeddings;  // prompt-embedding safetensors (sana-wm); "" = built-in only
+  // Co-batching (sana-wm streaming): rollouts per batched forward (1 = off), and how long a
+  // rollout ready for its next chunk waits for the others (a fraction of the last batch's run
+  // time, at most max ms). See worker/models/sana/batcher.h.
+  int max_batch = 4;
+  double batch_gather_fraction = 0.25;
+  int batch_gather_max_ms = 50;
+  // Observes every co-batched chunk: rollouts in it and its run time (metrics); may be empty.
+  std::function<void(int batch_size, double seconds)> on_batch;
 };
 
 // NOT_FOUND for an unknown name (listing the known ones); the model's own errors otherwise.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -300,6 +301,8 @@ void WorkerAgent::Serve() {
                       mm->set_model(m->descriptor().name);
                       mm->set_weights_bytes(m->descriptor().weights_bytes);
                       mm->set_rollout_state_bytes(m->descriptor().rollout_state_bytes);
+                      mm->set_max_batch(static_cast<uint32_t>(
+                          std::clamp(m->descriptor().max_batch, 1, options_.max_concurrent)));
                     }
                   }
                   reported_ready = ready();

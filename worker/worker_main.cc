@@ -34,6 +34,13 @@ ABSL_FLAG(std::string, prompt_embeddings, "",
 ABSL_FLAG(int, frames_per_chunk, 16, "Frames per streamed chunk, for models with a free choice.");
 ABSL_FLAG(int, max_concurrent, 1, "Rollouts this worker runs at once.");
 ABSL_FLAG(int, threads, 0, "CPU threads for model kernels (0 = all cores).");
+ABSL_FLAG(int, max_batch, 4,
+          "Co-batching: rollouts of one model run in one batched forward per denoising step "
+          "when compatible (sana-wm streaming); 1 = off. Capped by --max-concurrent.");
+ABSL_FLAG(double, batch_gather_fraction, 0.25,
+          "Co-batching: how long a rollout ready for its next chunk waits for the others, as a "
+          "fraction of the last batch's run time.");
+ABSL_FLAG(int, batch_gather_max_ms, 50, "Co-batching: cap of that wait, milliseconds.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0",
           "Prometheus /metrics address (host:port; port 0 = ephemeral; empty = off).");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
@@ -103,6 +110,10 @@ int Main(int argc, char** argv) {
     c.mode = absl::GetFlag(FLAGS_mode);
     c.prompt_embeddings = absl::GetFlag(FLAGS_prompt_embeddings);
     c.frames_per_chunk = absl::GetFlag(FLAGS_frames_per_chunk);
+    c.max_batch = std::max(1, std::min(absl::GetFlag(FLAGS_max_batch), options.max_concurrent));
+    c.batch_gather_fraction = absl::GetFlag(FLAGS_batch_gather_fraction);
+    c.batch_gather_max_ms = absl::GetFlag(FLAGS_batch_gather_max_ms);
+    c.on_batch = [&worker_metrics](int batch_size, double) { worker_metrics.BatchRun(batch_size); };
     configs.push_back(c);
   }
   ModelLoader loader = [configs]() -> absl::StatusOr<std::vector<std::unique_ptr<Model>>> {

@@ -1,7 +1,11 @@
 // End to end through real processes: a scheduler with one local worker serving `sana-wm` (tiny
 // preset, dummy weights) on the CPU; a streaming rollout over the public gRPC API, its video
-// decoded with FFmpeg and checked against the model's chunk layout and native size.
+// decoded with FFmpeg and checked against the model's chunk layout and native size. Co-batching:
+// two concurrent rollouts are packed onto one of two workers and share batched forwards there.
 #include <chrono>
+#include <cstdlib>
+#include <sstream>
+#include <thread>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -86,6 +90,83 @@ TEST_F(SanaE2E, ModelRulesComeBackAsInvalidArgument) {
   r = Run(MakeSanaRequest(49, image, {{"depth", "2"}}));
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(r.status.error_message(), ::testing::HasSubstr("model_options.depth"));
+}
+
+
+// The value of the sample line that starts with `series` (e.g. `wmserve_batch_size_count `) in
+// a Prometheus text exposition, or -1 if there is none.
+double SampleValue(const std::string& exposition, const std::string& series) {
+  std::istringstream lines(exposition);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(series, 0) == 0) return std::strtod(line.c_str() + series.size(), nullptr);
+  }
+  return -1;
+}
+
+class SanaCoBatchE2E : public SanaE2E {
+ protected:
+  void SetUp() override {
+    SchedulerConfig config;
+    config.local_workers = 2;
+    // Two slots per worker, batches of 2. The gather window is made long (a rollout waits for
+    // its batch-mate at every chunk boundary) so that batching does not depend on timing here.
+    config.worker_args =
+        "--device cpu --threads 1 --model sana-wm --preset tiny --weights dummy "
+        "--max-concurrent 2 --max-batch 2 --batch-gather-fraction 1000 "
+        "--batch-gather-max-ms 20000";
+    config.extra_args = {"--models", "sana-wm"};
+    auto started = SchedulerProcess::Start(config);
+    ASSERT_TRUE(started.ok()) << started.status();
+    scheduler_ = *std::move(started);
+    ASSERT_TRUE(scheduler_->WaitForReadyWorkers(2, absl::Seconds(60)).ok()) << scheduler_->Log();
+  }
+};
+
+TEST_F(SanaCoBatchE2E, CompatibleRolloutsArePackedOntoOneWorkerAndShareForwards) {
+  const media::RgbImage image = MakeTestImage(640, 352, 3);
+  // 145 frames = 6 chunks each: they meet in the steady state (chunk >= 2) whatever the stagger.
+  constexpr int kFrames = 145;
+  client::RolloutResult results[2];
+  std::thread second([&] { results[1] = Run(MakeSanaRequest(kFrames, image)); });
+  results[0] = Run(MakeSanaRequest(kFrames, image));
+  second.join();
+  std::string worker_id;
+  for (const client::RolloutResult& r : results) {
+    ASSERT_TRUE(r.ok()) << client::FormatStatus(r.status);
+    EXPECT_EQ(r.final.frames_sent(), static_cast<uint32_t>(kFrames));
+    ASSERT_EQ(r.chunks.size(), 6u);
+    auto video = media::DecodeVideo(r.video_bytes);
+    ASSERT_TRUE(video.ok()) << video.status();
+    EXPECT_EQ(static_cast<int>(video->frames.size()), kFrames);
+    // Packing: both on the same worker although the other one was idle.
+    grpc::ClientContext ctx;
+    v1::GetRolloutRequest get;
+    get.set_rollout_id(r.rollout_id);
+    v1::RolloutStatus status;
+    ASSERT_TRUE(scheduler_->stub().GetRollout(&ctx, get, &status).ok());
+    if (worker_id.empty()) worker_id = status.worker_id();
+    EXPECT_EQ(status.worker_id(), worker_id);
+  }
+  // That worker ran some backbone chunk with both rollouts in one batched forward.
+  auto workers = scheduler_->Workers();
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  double batched = 0, chunks = 0;
+  for (const v1::WorkerInfo& w : workers->workers()) {
+    auto text = HttpGet(w.metrics_endpoint(), "/metrics");
+    ASSERT_TRUE(text.ok()) << text.status();
+    const double count = SampleValue(*text, "wmserve_batch_size_count ");
+    const double alone = SampleValue(*text, "wmserve_batch_size_bucket{le=\"1\"} ");
+    ASSERT_GE(count, 0) << *text;
+    if (w.worker_id() == worker_id) {
+      batched = count - alone;
+      chunks = SampleValue(*text, "wmserve_batch_size_sum ");
+    } else {
+      EXPECT_EQ(count, 0) << "the other worker ran backbone chunks";
+    }
+  }
+  EXPECT_GE(batched, 1) << "no batch of two on " << worker_id;
+  EXPECT_EQ(chunks, 12) << "every rollout-chunk counted once";
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 //  * Read-only passes leave the cache bit-identical; the window holds sink + latest chunk.
 //  * StreamingRollout: seeds, cache_bytes constant after warm-up, condition frame, cancellation.
 //  * BidirectionalRollout: runs, CFG scale 1 == no CFG, cancellation.
+//  * Co-batching: batched chunks of rollouts at different offsets == solo chunks; shape classes;
+//    a cancelled member leaves within one step; StreamingBatcher lockstep batches and cancel.
 #include "worker/models/sana/rollout.h"
 #include "tests/model/sana_golden.h"
 
@@ -19,6 +21,8 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/randn_like.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cmath>
 #include <cstdint>
@@ -26,9 +30,13 @@
 #include <memory>
 #include <string>
 #include <sys/stat.h>
+#include <chrono>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "worker/models/sana/batcher.h"
 #include "worker/models/sana/errors.h"
 #include "worker/models/sana/safetensors.h"
 #include "worker/models/sana/sampler.h"
@@ -429,6 +437,224 @@ TEST(SanaRolloutInputsTest, BadShapesAreInvalidInput) {
   bad = in;
   bad.chunk_plucker = at::randn({1, 48, 6, 2, 4});
   EXPECT_THROW(StreamingRollout(*model, bad), InvalidInputError);
+}
+
+// --- co-batching (ForwardChunkBatch, StreamingRollout::NextChunkBatch, StreamingBatcher) ------
+
+namespace cobatch {
+
+// Three rollouts that differ in everything a co-batch may mix: seed, camera, Plücker rays,
+// prompt (and its length) and rollout length.
+std::vector<RolloutInputs> DistinctInputs(const SanaConfig& cfg) {
+  std::vector<RolloutInputs> out;
+  const int64_t frames[] = {19, 16, 13};
+  for (int i = 0; i < 3; ++i) {
+    RolloutInputs in = MakeRolloutInputs(cfg, frames[i], 40 + i);
+    at::manual_seed(500 + i);
+    in.first_latent = at::randn_like(in.first_latent);
+    in.chunk_plucker = at::randn_like(in.chunk_plucker);
+    const int64_t length = cfg.model_max_length - 2 * i;  // 8, 6, 4 tokens: padded in a batch
+    in.text = at::randn({1, 1, length, cfg.caption_channels});
+    in.text_mask = at::ones({1, length}, at::kLong);
+    if (i == 1) in.text_mask.narrow(1, 4, length - 4).fill_(0);
+    out.push_back(std::move(in));
+  }
+  out[1].camera_conditions = SyntheticCamera(2, 16).narrow(0, 1, 1).contiguous();
+  return out;
+}
+
+std::vector<at::Tensor> SoloChunks(const SanaTransformer& model, const RolloutInputs& in) {
+  StreamingRollout rollout(model, in);
+  std::vector<at::Tensor> chunks;
+  while (!rollout.done()) chunks.push_back(rollout.NextChunk(nullptr));
+  return chunks;
+}
+
+}  // namespace cobatch
+
+TEST(SanaCoBatchTest, BatchShapesFallIntoThreeClasses) {
+  const auto model = RandomTinyModel(21);
+  StreamingRollout r(*model, MakeRolloutInputs(model->config(), 16, 1));
+  const StreamingBatchShape first = r.NextChunkShape();
+  r.NextChunk(nullptr);
+  const StreamingBatchShape second = r.NextChunkShape();
+  r.NextChunk(nullptr);
+  const StreamingBatchShape third = r.NextChunkShape();
+  r.NextChunk(nullptr);
+  const StreamingBatchShape fourth = r.NextChunkShape();
+  EXPECT_NE(first, second);
+  EXPECT_NE(second, third);
+  EXPECT_EQ(third, fourth) << third.ToString() << " vs " << fourth.ToString();
+  EXPECT_EQ(first.chunk_frames, 4);
+  EXPECT_EQ(third.window_tokens.size(), 2u);  // sink + latest
+}
+
+TEST(SanaCoBatchTest, BatchedChunksEqualSoloChunksAtDifferentOffsets) {
+  const auto model = RandomTinyModel(22);
+  const std::vector<RolloutInputs> inputs = cobatch::DistinctInputs(model->config());
+  std::vector<std::vector<at::Tensor>> solo;
+  for (const RolloutInputs& in : inputs) solo.push_back(cobatch::SoloChunks(*model, in));
+
+  // Bring the rollouts to different chunk indices solo (2, 3 and 2: all in the steady state, at
+  // different frame offsets), then run them together until each is done.
+  std::vector<std::unique_ptr<StreamingRollout>> rollouts;
+  std::vector<std::vector<at::Tensor>> got(3);
+  const int warm[] = {2, 3, 2};
+  for (int i = 0; i < 3; ++i) {
+    rollouts.push_back(std::make_unique<StreamingRollout>(*model, inputs[i]));
+    for (int c = 0; c < warm[i]; ++c) got[i].push_back(rollouts[i]->NextChunk(nullptr));
+  }
+  int batched_chunks = 0;
+  for (;;) {
+    std::vector<StreamingRollout*> batch;
+    std::vector<int> which;
+    for (int i = 0; i < 3; ++i) {
+      if (!rollouts[i]->done()) {
+        batch.push_back(rollouts[i].get());
+        which.push_back(i);
+      }
+    }
+    if (batch.empty()) break;
+    const auto outcomes = StreamingRollout::NextChunkBatch(
+        batch, std::vector<StepCallback>(batch.size(), nullptr));
+    for (size_t j = 0; j < batch.size(); ++j) {
+      ASSERT_FALSE(outcomes[j].cancelled);
+      got[which[j]].push_back(outcomes[j].latents);
+    }
+    batched_chunks += static_cast<int>(batch.size());
+  }
+  EXPECT_GE(batched_chunks, 6);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(got[i].size(), solo[i].size());
+    for (size_t c = 0; c < solo[i].size(); ++c) {
+      const double err = RelErr(got[i][c], solo[i][c]);
+      EXPECT_LE(err, kStreamTol) << "rollout " << i << " chunk " << c;
+    }
+  }
+  // Not vacuous: the rollouts' chunks differ from each other.
+  EXPECT_GT(RelErr(got[0][3], got[2][3]), 1e-2);
+}
+
+TEST(SanaCoBatchTest, FirstChunksBatchTooAndIncompatibleShapesAreRefused) {
+  const auto model = RandomTinyModel(23);
+  const std::vector<RolloutInputs> inputs = cobatch::DistinctInputs(model->config());
+  StreamingRollout a(*model, inputs[0]), b(*model, inputs[1]);
+  // Chunk 0 of both (the condition frame restored in each) in one batch.
+  const auto outcomes = StreamingRollout::NextChunkBatch({&a, &b}, {nullptr, nullptr});
+  EXPECT_LE(RelErr(outcomes[0].latents, cobatch::SoloChunks(*model, inputs[0])[0]), kStreamTol);
+  EXPECT_LE(RelErr(outcomes[1].latents, cobatch::SoloChunks(*model, inputs[1])[0]), kStreamTol);
+  // a at chunk 1 (sink only), b at chunk 2 (sink + latest): different shapes.
+  b.NextChunk(nullptr);
+  EXPECT_THROW(StreamingRollout::NextChunkBatch({&a, &b}, {nullptr, nullptr}), InvalidInputError);
+  SanaStreamingCache empty;
+  std::vector<SanaStreamingCache*> caches = {&empty};
+  EXPECT_THROW(model->ForwardChunkBatch(at::zeros({2, 8, 3, 2, 4}), at::zeros({2, 1, 3}),
+                                        inputs[0].text.repeat({2, 1, 1, 1}), at::Tensor(),
+                                        at::Tensor(), at::Tensor(), caches, false),
+               InvalidInputError);
+}
+
+TEST(SanaCoBatchTest, ACancelledMemberLeavesWithinOneStepAndTheOthersGoOn) {
+  const auto model = RandomTinyModel(24);
+  const std::vector<RolloutInputs> inputs = cobatch::DistinctInputs(model->config());
+  const std::vector<at::Tensor> solo_a = cobatch::SoloChunks(*model, inputs[0]);
+  const std::vector<at::Tensor> solo_b = cobatch::SoloChunks(*model, inputs[1]);
+  StreamingRollout a(*model, inputs[0]), b(*model, inputs[1]);
+  int a_forwards = 0, b_forwards = 0;
+  const StepCallback cancel_a_at_2 = [&](int step, int) {
+    if (step == 2) return false;
+    ++a_forwards;
+    return true;
+  };
+  const StepCallback count_b = [&](int, int) {
+    ++b_forwards;
+    return true;
+  };
+  const auto outcomes = StreamingRollout::NextChunkBatch({&a, &b}, {cancel_a_at_2, count_b});
+  EXPECT_TRUE(outcomes[0].cancelled);
+  EXPECT_EQ(outcomes[0].cancelled_before, 2);
+  EXPECT_FALSE(outcomes[0].latents.defined());
+  EXPECT_EQ(a_forwards, 2);
+  EXPECT_EQ(b_forwards, 5);
+  EXPECT_LE(RelErr(outcomes[1].latents, solo_b[0]), kStreamTol);
+  // The cancelled member committed nothing: it can still run its chunk 0 and match.
+  EXPECT_EQ(a.chunks_done(), 0);
+  EXPECT_LE(RelErr(a.NextChunk(nullptr), solo_a[0]), kStreamTol);
+  EXPECT_LE(RelErr(b.NextChunk(nullptr), solo_b[1]), kStreamTol);
+}
+
+TEST(SanaCoBatchTest, BatcherRunsConcurrentRolloutsInLockstepBatches) {
+  const auto model = RandomTinyModel(25);
+  const std::vector<RolloutInputs> inputs = cobatch::DistinctInputs(model->config());
+  std::vector<std::vector<at::Tensor>> solo;
+  for (const RolloutInputs& in : inputs) solo.push_back(cobatch::SoloChunks(*model, in));
+
+  StreamingBatcher::Options options;
+  options.max_batch = 4;
+  // Wait for every member (no timing in the test): each batch holds all rollouts still running.
+  options.gather_fraction = 1e9;
+  options.max_gather = std::chrono::seconds(60);
+  std::vector<int> sizes;
+  std::mutex sizes_mu;
+  options.on_batch = [&](int size, double) {
+    std::lock_guard<std::mutex> lock(sizes_mu);
+    sizes.push_back(size);
+  };
+  StreamingBatcher batcher(options);
+  std::vector<std::unique_ptr<StreamingBatcher::Membership>> members;
+  for (int i = 0; i < 3; ++i) members.push_back(batcher.Join());
+  std::vector<std::vector<at::Tensor>> got(3);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      c10::InferenceMode inference;
+      StreamingRollout rollout(*model, inputs[i]);
+      while (!rollout.done()) {
+        got[i].push_back(batcher.NextChunk(rollout, nullptr, [] { return false; }));
+      }
+      members[i].reset();  // leaves: the others stop waiting for it
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(got[i].size(), solo[i].size());
+    for (size_t c = 0; c < solo[i].size(); ++c) {
+      EXPECT_LE(RelErr(got[i][c], solo[i][c]), kStreamTol) << "rollout " << i << " chunk " << c;
+    }
+  }
+  // 19, 16 and 13 frames = 6, 5 and 4 chunks: 4 batches of 3, one of 2, one of 1.
+  EXPECT_EQ(sizes, (std::vector<int>{3, 3, 3, 3, 2, 1}));
+  const StreamingBatcher::Stats stats = batcher.stats();
+  EXPECT_EQ(stats.batches, 6u);
+  EXPECT_EQ(stats.chunks, 15u);
+}
+
+TEST(SanaCoBatchTest, BatcherCancelWhileWaitingAndMaxBatchOne) {
+  const auto model = RandomTinyModel(26);
+  const std::vector<RolloutInputs> inputs = cobatch::DistinctInputs(model->config());
+  {
+    StreamingBatcher::Options options;
+    options.gather_fraction = 1e9;
+    options.max_gather = std::chrono::seconds(60);
+    StreamingBatcher batcher(options);
+    auto a = batcher.Join();
+    auto b = batcher.Join();  // never arrives: a would wait for it without the cancel
+    StreamingRollout rollout(*model, inputs[0]);
+    int polls = 0;  // cancelled on the third poll of the wait loop
+    EXPECT_THROW(batcher.NextChunk(rollout, nullptr, [&] { return ++polls >= 3; }),
+                 RolloutCancelled);
+    EXPECT_EQ(polls, 3);
+    EXPECT_EQ(rollout.chunks_done(), 0);
+  }
+  StreamingBatcher::Options one;
+  one.max_batch = 1;
+  StreamingBatcher batcher(one);
+  auto member = batcher.Join();
+  auto other = batcher.Join();
+  StreamingRollout rollout(*model, inputs[2]);
+  const at::Tensor chunk = batcher.NextChunk(rollout, nullptr, nullptr);
+  EXPECT_LE(RelErr(chunk, cobatch::SoloChunks(*model, inputs[2])[0]), kStreamTol);
+  EXPECT_EQ(batcher.stats().batches_by_size[1], 1u);
 }
 
 }  // namespace

@@ -423,6 +423,97 @@ TEST(Placement, PrefersResidentModelThenFreeSlotsThenFreeMemory) {
   }
 }
 
+// Co-batching: a rollout goes where compatible rollouts already run (their batched forward has
+// room), the fullest open batch first; incompatible rollouts and non-batching workers still
+// spread by free slots.
+TEST(Placement, PacksCompatibleRolloutsIntoOpenBatches) {
+  auto worker = [](const char* id, int free, std::map<std::string, int> max_batch,
+                   std::map<std::string, int> running) {
+    WorkerSlots w{id, {"sana-wm", "warp"}, free};
+    w.max_batch = std::move(max_batch);
+    w.running_by_batch_key = std::move(running);
+    return w;
+  };
+  auto rollout = [](const char* id, const char* key) {
+    QueuedRollout r = Q(id);
+    r.model = "sana-wm";
+    r.batch_key = key;
+    return r;
+  };
+  struct Case {
+    const char* name;
+    std::vector<WorkerSlots> workers;
+    std::vector<QueuedRollout> queue;
+    std::vector<Assignment> plan;
+  };
+  const Case cases[] = {
+      {"JoinsTheWorkerRunningItsKeyDespiteFewerSlots",
+       {worker("w-1", 3, {{"sana-wm", 4}}, {}), worker("w-2", 1, {{"sana-wm", 4}}, {{"k", 3}})},
+       {rollout("r1", "k")},
+       {{"r1", "w-2"}}},
+      {"FullestOpenBatchFirst",
+       {worker("w-1", 2, {{"sana-wm", 4}}, {{"k", 1}}),
+        worker("w-2", 2, {{"sana-wm", 4}}, {{"k", 2}})},
+       {rollout("r1", "k")},
+       {{"r1", "w-2"}}},
+      {"AFullBatchIsNoReasonToPack",
+       {worker("w-1", 3, {{"sana-wm", 2}}, {{"k", 2}}), worker("w-2", 4, {{"sana-wm", 2}}, {})},
+       {rollout("r1", "k")},
+       {{"r1", "w-2"}}},
+      {"OtherKeysSpread",
+       {worker("w-1", 2, {{"sana-wm", 4}}, {{"other", 2}}),
+        worker("w-2", 3, {{"sana-wm", 4}}, {})},
+       {rollout("r1", "k")},
+       {{"r1", "w-2"}}},
+      {"WorkerThatDoesNotCoBatchSpreads",
+       {worker("w-1", 2, {}, {{"k", 1}}), worker("w-2", 3, {}, {})},
+       {rollout("r1", "k")},
+       {{"r1", "w-2"}}},
+      {"NoKeyNeverPacks",
+       {worker("w-1", 2, {{"sana-wm", 4}}, {{"", 1}}), worker("w-2", 3, {{"sana-wm", 4}}, {})},
+       {rollout("r1", "")},
+       {{"r1", "w-2"}}},
+      // Within one plan: the first of a burst spreads (nothing runs yet), the rest follow it.
+      {"ABurstPacksBehindItsFirstMember",
+       {worker("w-1", 4, {{"sana-wm", 4}}, {}), worker("w-2", 4, {{"sana-wm", 4}}, {})},
+       {rollout("r1", "k"), rollout("r2", "k"), rollout("r3", "k"), rollout("r4", "j")},
+       {{"r1", "w-1"}, {"r2", "w-1"}, {"r3", "w-1"}, {"r4", "w-2"}}},
+  };
+  FifoPolicy fifo;
+  FairSharePolicy fair;
+  for (const Case& c : cases) {
+    for (const QueuePolicy* policy : {static_cast<const QueuePolicy*>(&fifo),
+                                      static_cast<const QueuePolicy*>(&fair)}) {
+      SCOPED_TRACE(absl::StrCat(c.name, policy == &fifo ? " (fifo)" : " (fair share)"));
+      EXPECT_EQ(policy->Schedule(c.queue, c.workers, NoHistory(), kT0), c.plan);
+    }
+  }
+}
+
+TEST(WorkerRegistry, TracksRunningRolloutsByBatchKey) {
+  WorkerRegistry registry;
+  WorkerDescription d;
+  d.models = {"sana-wm"};
+  d.max_concurrent = 4;
+  const std::string id = registry.Add(d, kT0);
+  registry.Heartbeat(id, /*ready=*/true, 0, kT0);
+  registry.SetMaxBatch(id, "sana-wm", 4);
+  registry.AddRollout(id, "r1", 0, "k");
+  registry.AddRollout(id, "r2", 0, "k");
+  registry.AddRollout(id, "r2", 0, "k");  // repeated: counted once
+  registry.AddRollout(id, "r3", 0, "");
+  auto slots = registry.SchedulableSlots();
+  ASSERT_EQ(slots.size(), 1u);
+  EXPECT_EQ(slots[0].max_batch, (std::map<std::string, int>{{"sana-wm", 4}}));
+  EXPECT_EQ(slots[0].running_by_batch_key, (std::map<std::string, int>{{"k", 2}}));
+  registry.RemoveRollout(id, "r1");
+  registry.RemoveRollout(id, "r3");
+  EXPECT_EQ(registry.SchedulableSlots()[0].running_by_batch_key,
+            (std::map<std::string, int>{{"k", 1}}));
+  registry.MarkDead(id, "test", kT0);
+  EXPECT_TRUE(registry.Find(id)->running_by_batch_key.empty());
+}
+
 TEST(Placement, MemoryPromisedEarlierInThePlanCountsAndSmallerRolloutsStillFit) {
   FifoPolicy fifo;
   FairSharePolicy fair;

@@ -27,8 +27,10 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,6 +48,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "worker/models/sana/batcher.h"
 #include "worker/models/sana/camera.h"
 #include "worker/models/sana/dummy_weights.h"
 #include "worker/models/sana/errors.h"
@@ -307,6 +310,8 @@ struct SanaShared {
   std::map<std::string, PromptEmbedding> prompts;  // includes "default"
   PromptEmbedding uncond;
   int pixel_width = 0, pixel_height = 0;
+  // Runs the streaming rollouts' Stage-1 chunks, co-batched (internally synchronised).
+  std::shared_ptr<sana::StreamingBatcher> batcher;
 };
 
 // --- rollout ---------------------------------------------------------------------------------
@@ -322,6 +327,7 @@ class SanaRollout final : public ModelRollout {
     if (mode_ == RolloutMode::kStreaming) {
       streaming_ = std::make_unique<sana::StreamingRollout>(*shared_->transformer,
                                                             std::move(inputs));
+      batch_membership_ = shared_->batcher->Join();
     } else {
       bidirectional_ =
           std::make_unique<sana::BidirectionalRollout>(*shared_->transformer, std::move(inputs),
@@ -351,6 +357,8 @@ class SanaRollout final : public ModelRollout {
   const RolloutMode mode_;
   const int num_frames_;
   std::unique_ptr<sana::StreamingRollout> streaming_;
+  // While alive, the batcher expects this rollout back at every chunk boundary.
+  std::unique_ptr<sana::StreamingBatcher::Membership> batch_membership_;
   std::unique_ptr<sana::BidirectionalRollout> bidirectional_;
   std::vector<at::Tensor> latent_rgb_;  // per latent frame: (3, H_lat, W_lat) float32, device
   int next_frame_ = 0;                  // next pixel frame to emit
@@ -379,7 +387,12 @@ void SanaRollout::GenerateThrough(int pixel_end, RolloutControl& control) {
     AppendLatents(bidirectional_->Run(on_step));
     return;
   }
-  while (latent_rgb_.size() < latents_needed) AppendLatents(streaming_->NextChunk(on_step));
+  const std::function<bool()> cancelled = [&control] { return control.cancelled(); };
+  while (latent_rgb_.size() < latents_needed) {
+    AppendLatents(shared_->batcher->NextChunk(*streaming_, on_step, cancelled));
+  }
+  // The last chunk is done: stop holding batch-mates back at chunk boundaries.
+  if (streaming_->done()) batch_membership_.reset();
 }
 
 absl::Status SanaRollout::Decode(int first, int count, const at::Tensor& out,
@@ -653,6 +666,12 @@ absl::StatusOr<std::unique_ptr<Model>> CreateOrThrow(const SanaWmConfig& config,
       return absl::InvalidArgumentError(absl::StrCat("weights: ", e.what()));
     }
   }
+  sana::StreamingBatcher::Options batching;
+  batching.max_batch = config.max_batch;
+  batching.gather_fraction = config.batch_gather_fraction;
+  batching.max_gather = std::chrono::milliseconds(config.batch_gather_max_ms);
+  batching.on_batch = config.on_batch;
+  shared->batcher = std::make_shared<sana::StreamingBatcher>(std::move(batching));
   const at::Tensor preview = PreviewProjection(cfg->in_channels);
   shared->preview = preview.to(at::kFloat).to(*device);
   shared->preview_pinv = at::linalg_pinv(preview).to(at::kFloat).to(*device);
@@ -690,6 +709,13 @@ absl::StatusOr<ModelDescriptor> DescribeSanaWm(const SanaWmConfig& config) {
   }
   absl::StatusOr<SanaConfig> cfg = ParsePreset(config.preset);
   if (!cfg.ok()) return cfg.status();
+  if (config.max_batch < 1 || config.batch_gather_max_ms < 0 ||
+      !(config.batch_gather_fraction >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_batch must be >= 1, batch_gather_fraction and batch_gather_max_ms >= 0 (got ",
+        config.max_batch, ", ", config.batch_gather_fraction, ", ", config.batch_gather_max_ms,
+        ")"));
+  }
   ModelDescriptor descriptor;
   descriptor.name = kModelName;
   descriptor.preset = config.preset;
@@ -697,6 +723,8 @@ absl::StatusOr<ModelDescriptor> DescribeSanaWm(const SanaWmConfig& config) {
   descriptor.native_height = cfg->pixel_height;
   descriptor.weights_bytes = sana::WeightBytes(*cfg, *dtype);
   descriptor.rollout_state_bytes = EstimateRolloutBytes(*cfg, *dtype);
+  // Co-batching applies to streaming rollouts; bidirectional ones always run alone.
+  descriptor.max_batch = *mode == RolloutMode::kStreaming ? config.max_batch : 1;
   return descriptor;
 }
 

@@ -34,6 +34,7 @@
 #define WMSERVE_WORKER_MODELS_SANA_WM_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -54,6 +55,15 @@ struct SanaWmConfig {
   // (1, L, Ccap)), optional NAME.mask (L) with 1 = keep, 0 = pad; "uncond" is the CFG embedding.
   std::string prompt_embeddings;
   uint64_t dummy_seed = 0;        // seed of the dummy weights
+  // Co-batching of streaming rollouts (worker/models/sana/batcher.h): at most max_batch
+  // rollouts per batched forward (1 = off); a rollout ready for its next chunk waits up to
+  // batch_gather_fraction of the last batch's run time (at most batch_gather_max_ms) for the
+  // others. Batched chunks equal solo chunks up to float rounding (~1e-6 relative), so a
+  // rollout's bits depend slightly on its batch-mates; set max_batch 1 for bit-reproducibility.
+  int max_batch = 4;
+  double batch_gather_fraction = 0.25;
+  int batch_gather_max_ms = 50;
+  std::function<void(int batch_size, double seconds)> on_batch;  // may be empty
 };
 
 // The model's descriptor (native size, weights and per-rollout bytes) without loading anything.

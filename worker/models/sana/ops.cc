@@ -85,13 +85,13 @@ RopeTable RopeTable::Select(const std::vector<int64_t>& indices) const {
       Fail("RopeTable::Select", "pair " + std::to_string(i) + " outside [0, " +
                                     std::to_string(pairs()) + ")");
     }
-    c.push_back(cos.narrow(1, i, 1));
-    s.push_back(sin.narrow(1, i, 1));
+    c.push_back(cos.narrow(-1, i, 1));
+    s.push_back(sin.narrow(-1, i, 1));
   }
-  return {at::cat(c, 1), at::cat(s, 1)};
+  return {at::cat(c, -1), at::cat(s, -1)};
 }
 
-at::Tensor RopeTable::Stacked() const { return at::stack({cos, sin}, 2); }
+at::Tensor RopeTable::Stacked() const { return at::stack({cos, sin}, -1); }
 
 RopeTable WanRopeTable(int64_t head_dim, int64_t frames, int64_t height, int64_t width,
                        double theta, int64_t first_frame, c10::Device device) {
@@ -121,12 +121,27 @@ RopeTable WanRopeTable(int64_t head_dim, int64_t frames, int64_t height, int64_t
   return {fd.cos().to(at::kFloat), fd.sin().to(at::kFloat)};
 }
 
+RopeTable BatchedWanRopeTable(int64_t head_dim, int64_t frames, int64_t height, int64_t width,
+                              double theta, const std::vector<int64_t>& first_frames,
+                              c10::Device device) {
+  if (first_frames.empty()) Fail("BatchedWanRopeTable", "no samples");
+  std::vector<at::Tensor> cos, sin;
+  for (const int64_t first : first_frames) {
+    const RopeTable t = WanRopeTable(head_dim, frames, height, width, theta, first, device);
+    cos.push_back(t.cos.unsqueeze(0));
+    sin.push_back(t.sin.unsqueeze(0));
+  }
+  return {at::stack(cos, 0), at::stack(sin, 0)};
+}
+
 at::Tensor ApplyRopeLastDim(const at::Tensor& x, const RopeTable& table, bool inverse) {
   constexpr const char* kFn = "ApplyRopeLastDim";
-  if (x.dim() < 2 || x.size(-1) != 2 * table.pairs() || x.size(-2) != table.cos.size(0)) {
-    Fail(kFn, "x has shape " + Shape(x) + ", expected (..., N=" +
-                  std::to_string(table.cos.size(0)) + ", " + std::to_string(2 * table.pairs()) +
-                  ")");
+  const bool batched = table.cos.dim() == 4;
+  if (x.dim() < 2 || x.size(-1) != 2 * table.pairs() || x.size(-2) != table.tokens() ||
+      (batched && (x.dim() < 4 || x.size(0) != table.cos.size(0)))) {
+    Fail(kFn, "x has shape " + Shape(x) + ", expected (" + (batched ? "B, heads, " : "...") +
+                  "N=" + std::to_string(table.tokens()) + ", " +
+                  std::to_string(2 * table.pairs()) + ")");
   }
   std::vector<int64_t> pair_shape(x.sizes().begin(), x.sizes().end());
   pair_shape.back() = table.pairs();

@@ -35,9 +35,13 @@ at::Tensor TimestepSinusoid(const at::Tensor& t, int64_t dim, double max_period)
 
 // A rotary table: angle cosines and sines per token and complex pair, (N, P) each.
 struct RopeTable {
-  at::Tensor cos;  // (N, P)
-  at::Tensor sin;  // (N, P)
-  int64_t pairs() const { return cos.size(1); }
+  // (N, P), or (B, 1, N, P) when the samples of a batch sit at different positions (co-batched
+  // streaming chunks of rollouts at different frame offsets); the apply functions broadcast it
+  // over x's (B, heads, ...) leading dims.
+  at::Tensor cos;
+  at::Tensor sin;
+  int64_t pairs() const { return cos.size(-1); }
+  int64_t tokens() const { return cos.size(-2); }
   // Complex pairs `indices` of every token (the camera branch's re-slice).
   RopeTable Select(const std::vector<int64_t>& indices) const;
   // (N, P, 2) = [cos, sin], the layout of the golden `inter.rope_freqs`.
@@ -52,6 +56,11 @@ struct RopeTable {
 // reference's multiply of float64 features with the table.
 RopeTable WanRopeTable(int64_t head_dim, int64_t frames, int64_t height, int64_t width,
                        double theta, int64_t first_frame = 0, c10::Device device = c10::kCPU);
+
+// One WanRopeTable per sample, frame positions starting at first_frames[b]: (B, 1, N, P).
+RopeTable BatchedWanRopeTable(int64_t head_dim, int64_t frames, int64_t height, int64_t width,
+                              double theta, const std::vector<int64_t>& first_frames,
+                              c10::Device device = c10::kCPU);
 
 // Rotates interleaved pairs (x[..., 2i], x[..., 2i+1]) of the LAST dimension of x (..., N, 2P)
 // by the table (N, P) — the conjugate rotation when `inverse`. Computed in float64, returned in

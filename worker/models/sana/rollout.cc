@@ -4,10 +4,12 @@
 #include <ATen/Context.h>
 #include <ATen/core/Generator.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <c10/core/TensorOptions.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -131,34 +133,136 @@ FrameRange StreamingRollout::chunk(int i) const {
 }
 
 at::Tensor StreamingRollout::NextChunk(const StepCallback& on_step) {
-  constexpr const char* kWho = "StreamingRollout::NextChunk";
-  if (next_chunk_ >= num_chunks()) {
-    Bad(kWho, "all " + std::to_string(num_chunks()) + " chunks are done");
+  ChunkOutcome outcome = std::move(NextChunkBatch({this}, {on_step}).front());
+  if (outcome.cancelled) {
+    throw RolloutCancelled("StreamingRollout::NextChunk: cancelled before forward " +
+                           std::to_string(outcome.cancelled_before) + " of " +
+                           std::to_string(schedule_.num_steps() + 1));
   }
-  const FrameRange r = plan_[next_chunk_];
-  const c10::Device device = model_.device();
-  const at::Tensor cam = Frames(in_.camera_conditions, 1, r);
-  const at::Tensor plucker = Frames(in_.chunk_plucker, 2, r);
-  const bool has_condition = r.contains(0);
-  const int denoise = static_cast<int>(schedule_.num_steps());
+  return outcome.latents;
+}
+
+StreamingBatchShape StreamingRollout::NextChunkShape() const {
+  if (done()) Bad("StreamingRollout::NextChunkShape", "all chunks are done");
+  return StreamingBatchShapeOf(cache_, plan_[next_chunk_].size());
+}
+
+std::vector<StreamingRollout::ChunkOutcome> StreamingRollout::NextChunkBatch(
+    const std::vector<StreamingRollout*>& rollouts, const std::vector<StepCallback>& on_step) {
+  constexpr const char* kWho = "StreamingRollout::NextChunkBatch";
+  if (rollouts.empty() || on_step.size() != rollouts.size()) {
+    Bad(kWho, "needs at least one rollout and one callback per rollout");
+  }
+  const StreamingRollout& lead = *rollouts.front();
+  for (const StreamingRollout* r : rollouts) {
+    if (r->done()) {
+      Bad(kWho, "all " + std::to_string(r->num_chunks()) + " chunks are done");
+    }
+    if (&r->model_ != &lead.model_) Bad(kWho, "the rollouts do not share one model");
+  }
+  const StreamingBatchShape shape = lead.NextChunkShape();
+  for (size_t i = 1; i < rollouts.size(); ++i) {
+    if (rollouts[i]->NextChunkShape() != shape) {
+      Bad(kWho, "rollout " + std::to_string(i) + "'s next chunk (" +
+                    rollouts[i]->NextChunkShape().ToString() + ") cannot share a batch with (" +
+                    shape.ToString() + ")");
+    }
+  }
+  const SanaTransformer& model = lead.model_;
+  const c10::Device device = model.device();
+  const SigmaSchedule& schedule = lead.schedule_;
+  const int denoise = static_cast<int>(schedule.num_steps());
   const int total = denoise + 1;
 
-  at::Tensor x = noise_.narrow(2, r.begin, r.size()).clone();
-  for (int step = 0; step < denoise; ++step) {
-    MaybeCancel(on_step, step, total, kWho);
-    const at::Tensor ts = FrameTimesteps(1, r, schedule_.timesteps[step], {0}, device);
-    const at::Tensor v = model_.ForwardChunk(x, ts, in_.text, in_.text_mask, cam, plucker,
-                                             r.begin, cache_, /*save_state=*/false, options_);
-    x = PerFrameEulerStep(x, v, ts, schedule_);
-    if (has_condition) x.narrow(2, 0, 1).copy_(in_.first_latent);
+  // Per member: its chunk's inputs, text padded to the batch's longest prompt.
+  struct Member {
+    StreamingRollout* rollout;
+    size_t index;
+    FrameRange range;
+    at::Tensor cam, plucker, text, mask, x;
+  };
+  int64_t text_len = 0;
+  bool any_mask = false;
+  for (const StreamingRollout* r : rollouts) {
+    text_len = std::max(text_len, r->in_.text.size(2));
+    any_mask = any_mask || r->in_.text_mask.defined();
   }
-  // KV-save pass: the clean chunk at t = 0 writes the cache; its output is not used.
-  MaybeCancel(on_step, denoise, total, kWho);
-  const at::Tensor ts0 = FrameTimesteps(1, r, 0.0, {0}, device);
-  model_.ForwardChunk(x, ts0, in_.text, in_.text_mask, cam, plucker, r.begin, cache_,
-                      /*save_state=*/true, options_);
-  ++next_chunk_;
-  return x;
+  std::vector<Member> active;
+  for (size_t i = 0; i < rollouts.size(); ++i) {
+    StreamingRollout* r = rollouts[i];
+    Member m{r, i, r->plan_[r->next_chunk_], {}, {}, {}, {}, {}};
+    m.cam = Frames(r->in_.camera_conditions, 1, m.range);
+    m.plucker = Frames(r->in_.chunk_plucker, 2, m.range);
+    const int64_t pad = text_len - r->in_.text.size(2);
+    m.text = pad ? at::constant_pad_nd(r->in_.text, {0, 0, 0, pad}, 0.0) : r->in_.text;
+    if (any_mask || rollouts.size() > 1) {
+      const at::Tensor mask = MaskOrOnes(r->in_.text_mask, r->in_.text).to(at::kLong);
+      m.mask = pad ? at::constant_pad_nd(mask, {0, pad}, 0.0) : mask;
+    }
+    m.x = r->noise_.narrow(2, m.range.begin, m.range.size()).clone();
+    active.push_back(std::move(m));
+  }
+  // Only one rollout and no mask of its own: keep "no mask" (the solo path's exact inputs).
+  if (rollouts.size() == 1 && !any_mask) active.front().mask = at::Tensor();
+
+  std::vector<ChunkOutcome> outcomes(rollouts.size());
+  // Runs every active member's callback before forward `step`; drops those that cancel.
+  auto poll = [&](int step) {
+    std::vector<Member> staying;
+    for (Member& m : active) {
+      const StepCallback& cb = on_step[m.index];
+      if (cb && !cb(step, total)) {
+        outcomes[m.index].cancelled = true;
+        outcomes[m.index].cancelled_before = step;
+      } else {
+        staying.push_back(std::move(m));
+      }
+    }
+    active = std::move(staying);
+    return !active.empty();
+  };
+  auto cat = [&](at::Tensor Member::*field) {
+    if (!(active.front().*field).defined()) return at::Tensor();
+    if (active.size() == 1) return active.front().*field;
+    std::vector<at::Tensor> rows;
+    for (const Member& m : active) rows.push_back(m.*field);
+    return at::cat(rows, 0);
+  };
+  auto caches = [&] {
+    std::vector<SanaStreamingCache*> out;
+    for (Member& m : active) out.push_back(&m.rollout->cache_);
+    return out;
+  };
+  auto timesteps = [&](double t) {
+    std::vector<at::Tensor> rows;
+    for (const Member& m : active) rows.push_back(FrameTimesteps(1, m.range, t, {0}, device));
+    return active.size() == 1 ? rows.front() : at::cat(rows, 0);
+  };
+
+  for (int step = 0; step < denoise; ++step) {
+    if (!poll(step)) return outcomes;
+    const at::Tensor ts = timesteps(schedule.timesteps[step]);
+    const at::Tensor x = cat(&Member::x);
+    const at::Tensor v = model.ForwardChunkBatch(x, ts, cat(&Member::text), cat(&Member::mask),
+                                                 cat(&Member::cam), cat(&Member::plucker),
+                                                 caches(), /*save_state=*/false, lead.options_);
+    const at::Tensor next = PerFrameEulerStep(x, v, ts, schedule);
+    for (size_t row = 0; row < active.size(); ++row) {
+      Member& m = active[row];
+      m.x = active.size() == 1 ? next : next.narrow(0, static_cast<int64_t>(row), 1).clone();
+      if (m.range.contains(0)) m.x.narrow(2, 0, 1).copy_(m.rollout->in_.first_latent);
+    }
+  }
+  // KV-save pass: the clean chunk at t = 0 writes each member's cache; its output is unused.
+  if (!poll(denoise)) return outcomes;
+  model.ForwardChunkBatch(cat(&Member::x), timesteps(0.0), cat(&Member::text),
+                          cat(&Member::mask), cat(&Member::cam), cat(&Member::plucker), caches(),
+                          /*save_state=*/true, lead.options_);
+  for (Member& m : active) {
+    ++m.rollout->next_chunk_;
+    outcomes[m.index].latents = std::move(m.x);
+  }
+  return outcomes;
 }
 
 int64_t StreamingRollout::cache_bytes() const { return cache_.bytes(); }

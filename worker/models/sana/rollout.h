@@ -56,11 +56,30 @@ class StreamingRollout {  // distilled streaming: chunk plan 4,3,3,...; sigma [1
   StreamingRollout(const SanaTransformer& model, RolloutInputs inputs);
   int num_chunks() const;
   FrameRange chunk(int i) const;  // latent frames of chunk i (sampler.h FrameRange)
+  bool done() const { return next_chunk_ >= num_chunks(); }
   // Denoises the next chunk (4 Euler steps, read-only cache) then runs the KV-save pass at t=0;
   // returns its clean latents (1, C, t, H, W) (chunk 0 includes the condition frame 0).
   // Throws InvalidInputError once every chunk is done.
   at::Tensor NextChunk(const StepCallback& on_step);
   int64_t cache_bytes() const;  // constant in rollout length after warm-up
+
+  // --- co-batching ---
+  // The batch shape of the next chunk (transformer.h). Rollouts of one model whose shapes are
+  // equal can run their next chunk together in NextChunkBatch; precondition !done().
+  StreamingBatchShape NextChunkShape() const;
+  struct ChunkOutcome {
+    at::Tensor latents;      // (1, C, t, H, W) as NextChunk returns; undefined if cancelled
+    bool cancelled = false;  // its step callback returned false: nothing of the chunk committed
+    int cancelled_before = -1;  // the forward (0..4) it stopped before
+  };
+  // The next chunk of every rollout in one batched forward per step (4 Euler steps + the KV-save
+  // pass; rows are rollouts). Before every forward each member's callback runs; a member whose
+  // callback returns false leaves the batch at once (its cache and chunk counter untouched) and
+  // the others go on, so a cancel costs the canceller at most one step. The rollouts must share
+  // the model and have equal NextChunkShape() (InvalidInputError otherwise). Each member's
+  // latents equal its NextChunk() up to floating-point reassociation.
+  static std::vector<ChunkOutcome> NextChunkBatch(const std::vector<StreamingRollout*>& rollouts,
+                                                  const std::vector<StepCallback>& on_step);
 
   // Chunks produced so far, and the streaming cache (read-only; for tests and diagnostics).
   int chunks_done() const { return next_chunk_; }

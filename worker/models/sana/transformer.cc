@@ -321,8 +321,13 @@ at::Tensor SanaTransformer::ForwardImpl(const at::Tensor& hidden_states,
     ctx.Tap("inter.plucker_emb", ctx.plucker_emb);
   }
 
-  ctx.rope = WanRopeTable(cfg.head_dim(), frames, height, width, cfg.rope_theta,
-                          options.rope_first_frame, device_);
+  if (ctx.sample_first_frames.empty()) {
+    ctx.rope = WanRopeTable(cfg.head_dim(), frames, height, width, cfg.rope_theta,
+                            options.rope_first_frame, device_);
+  } else {
+    ctx.rope = BatchedWanRopeTable(cfg.head_dim(), frames, height, width, cfg.rope_theta,
+                                   ctx.sample_first_frames, device_);
+  }
   ctx.Tap("inter.rope_freqs", ctx.rope.Stacked());
   {
     std::vector<int64_t> pairs;

@@ -111,6 +111,29 @@ struct SanaStreamingCache {
   int64_t bytes() const;    // sum of the stored tensors' bytes
 };
 
+// What must be equal for streaming chunks of different rollouts to run as one batched forward
+// (SanaTransformer::ForwardChunkBatch): the chunk length, and the shape of the history each
+// chunk reads — token count of every softmax window entry, the short-conv and FFN tail lengths.
+// Frame offsets, cameras, noise and texts may differ (texts are padded to one length). With the
+// default window rule every rollout of a model is in one of three classes: chunk 0 (no history),
+// chunk 1 (sink only), chunk >= 2 (sink + latest: the steady state, where co-batching pays).
+struct StreamingBatchShape {
+  int64_t chunk_frames = 0;
+  int64_t history_frames = 0;           // 0 = the first chunk (empty cache)
+  std::vector<int64_t> window_tokens;   // per cached chunk the softmax blocks attend to
+  int64_t conv_tail_frames = 0, ffn_tail_frames = 0;
+  bool operator==(const StreamingBatchShape& o) const {
+    return chunk_frames == o.chunk_frames && history_frames == o.history_frames &&
+           window_tokens == o.window_tokens && conv_tail_frames == o.conv_tail_frames &&
+           ffn_tail_frames == o.ffn_tail_frames;
+  }
+  bool operator!=(const StreamingBatchShape& o) const { return !(*this == o); }
+  std::string ToString() const;
+};
+
+// The batch shape of the next chunk (`chunk_frames` latent frames) read from `cache`.
+StreamingBatchShape StreamingBatchShapeOf(const SanaStreamingCache& cache, int64_t chunk_frames);
+
 // Supplies a parameter (official name, expected shape) for SanaTransformer::LoadWeights.
 using SanaTensorSource =
     std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
@@ -246,6 +269,21 @@ class SanaTransformer {
                           const at::Tensor& camera_conditions, const at::Tensor& chunk_plucker,
                           int64_t frame_offset, SanaStreamingCache& cache, bool save_state,
                           const SanaForwardOptions& options = {}) const;
+
+  // ForwardChunk for several rollouts at once: row b of every input belongs to the rollout whose
+  // cache is caches[b] (one batch row per cache), each at its own frame offset
+  // (caches[b]->next_frame: per-sample RoPE positions). The caches must have equal
+  // StreamingBatchShapeOf (InvalidInputError naming the first that differs) and the same window
+  // rule; their histories are concatenated along the batch for the pass and, with save_state,
+  // each cache receives its own row of the new state (own storage, so members leave the batch
+  // independently). Equals ForwardChunk on each row alone up to floating-point reassociation.
+  at::Tensor ForwardChunkBatch(const at::Tensor& hidden_states, const at::Tensor& timestep,
+                               const at::Tensor& encoder_hidden_states,
+                               const at::Tensor& encoder_attention_mask,
+                               const at::Tensor& camera_conditions,
+                               const at::Tensor& chunk_plucker,
+                               const std::vector<SanaStreamingCache*>& caches, bool save_state,
+                               const SanaForwardOptions& options = {}) const;
 
   // The chunk-causal model over a whole sequence without any cache (the reference for
   // ForwardChunk): the same inputs as Forward plus the chunk plan (ranges tiling [0, T)). GDN

@@ -46,6 +46,9 @@ struct SanaTransformer::Context {
   std::vector<int64_t> cached_chunks;
   int64_t chunk_index = 0;
   std::vector<SanaBlockCache>* save = nullptr;
+  // Co-batched streaming chunks (ForwardChunkBatch): the first latent frame of every sample when
+  // they differ (per-sample RoPE positions); empty = options->rope_first_frame for all.
+  std::vector<int64_t> sample_first_frames;
 
   const SanaBlockCache* CachedBlock(int index) const {
     if (cache == nullptr || cache->blocks.empty()) return nullptr;

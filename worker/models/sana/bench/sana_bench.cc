@@ -251,6 +251,8 @@ struct Case {
   std::string where;              // "device" or "host"
   std::function<void()> call;     // the work to time
   int64_t calls_per_forward = 0;  // > 0: print median * this as the cost per model forward
+  // > 0: latent frames one call produces; the row then also prints the aggregate throughput.
+  int64_t latent_frames_per_call = 0;
 };
 
 struct Benchmark {
@@ -400,6 +402,35 @@ Case PrepareStreamChunk(const Context& ctx) {
                                plucker, r.begin, cache, true, options);
           },
           0};
+}
+
+// Co-batching: `batch` rollouts in the steady state (past chunk 1, so every chunk has the same
+// shape), each call = the next chunk of all of them in one StreamingRollout::NextChunkBatch (one
+// batched forward per step). Rollouts differ in seed and prompt, as real batch-mates would.
+// Each rollout is long enough that no call runs out of chunks.
+Case PrepareCoBatch(const Context& ctx, int batch) {
+  const SanaTransformer& model = BenchModel(ctx);
+  const int chunks = 2 + ctx.options.warmup + (ctx.options.iters > 0 ? ctx.options.iters : 20) + 2;
+  const int64_t frames = 1 + static_cast<int64_t>(ctx.config.chunk_size) * chunks;
+  auto rollouts = std::make_shared<std::vector<std::unique_ptr<StreamingRollout>>>();
+  for (int i = 0; i < batch; ++i) {
+    RolloutInputs in = BenchRolloutInputs(ctx, frames);
+    in.seed = 1 + static_cast<uint64_t>(i);
+    rollouts->push_back(std::make_unique<StreamingRollout>(model, std::move(in)));
+    for (int c = 0; c < 2; ++c) (*rollouts)[i]->NextChunk(nullptr);
+  }
+  std::vector<StreamingRollout*> members;
+  for (auto& r : *rollouts) members.push_back(r.get());
+  const std::vector<StepCallback> callbacks(members.size(), nullptr);
+  std::ostringstream shape;
+  shape << "B" << batch << " rollouts x 1 steady chunk, 4+1 passes";
+  Case c{shape.str(), "device",
+         [rollouts, members, callbacks] {
+           (void)StreamingRollout::NextChunkBatch(members, callbacks);
+         },
+         0};
+  c.latent_frames_per_call = static_cast<int64_t>(batch) * ctx.config.chunk_size;
+  return c;
 }
 
 // One bidirectional denoiser step at T = 21 latent frames (10 s) with the CFG batch of 2
@@ -560,6 +591,15 @@ const std::vector<Benchmark>& BenchmarkTable() {
        "one bidirectional denoiser step at T=21 (10 s): forward with the CFG batch of 2, CFG "
        "combine, Euler",
        PrepareBidirStep},
+      {"model.cobatch.1", "cobatch",
+       "co-batching baseline: one rollout's steady chunk through NextChunkBatch (B=1)",
+       [](const Context& ctx) { return PrepareCoBatch(ctx, 1); }},
+      {"model.cobatch.2", "cobatch",
+       "2 rollouts' steady chunks in one batched forward per step (NextChunkBatch)",
+       [](const Context& ctx) { return PrepareCoBatch(ctx, 2); }},
+      {"model.cobatch.4", "cobatch",
+       "4 rollouts' steady chunks in one batched forward per step (NextChunkBatch)",
+       [](const Context& ctx) { return PrepareCoBatch(ctx, 4); }},
       {"model.stream_memory", "model",
        "60 s streaming rollout (40 chunks): peak memory while producing chunk 6 (10 s) vs 39 and "
        "cache_bytes (no timed work)",
@@ -670,7 +710,7 @@ int Run(const Options& o) {
   }
   if (rows.empty()) {
     throw std::invalid_argument("--what '" + o.what +
-                                "' matches no benchmark (see --list; groups: gdn, camera, model)");
+                                "' matches no benchmark (see --list; groups: gdn, camera, model, cobatch)");
   }
 
   c10::InferenceMode inference;
@@ -703,6 +743,12 @@ int Run(const Options& o) {
               << std::setw(12) << Fixed(MiB(r.memory.peak), 1) << std::setw(12)
               << Fixed(MiB(std::max<int64_t>(r.memory.peak - r.memory.baseline, 0)), 1) << "  "
               << r.memory.kind << (cs.where == "host" ? " (host work)" : "") << "\n";
+    if (cs.latent_frames_per_call > 0) {
+      const double fps = static_cast<double>(cs.latent_frames_per_call) / (med / 1000.0);
+      std::cout << "  " << b->name << ": " << Fixed(fps, 2) << " latent frames/s aggregate = "
+                << Fixed(fps * 8.0 / 16.0, 3) << "x realtime (8 pixel frames per latent frame at "
+                << "16 fps)\n";
+    }
   }
   std::cout << "\nx/fwd: median x calls per model forward (GDN rows: x " << GdnBlocks(c)
             << " GDN blocks; raymats: once per forward). +MiB call: peak minus usage before the"
