@@ -136,6 +136,7 @@ class StreamOrderChecker {
  private:
   std::string CheckChunk(const v1::VideoChunk& chunk) {
     if (!got_init_) return absl::StrCat("VideoChunk ", chunk.index(), " before StreamInit");
+    if (chunk.kind() == v1::CHUNK_KIND_PREVIEW) return CheckPreview(chunk);
     if (chunk.index() != next_index_) {
       return absl::StrCat("VideoChunk index ", chunk.index(), ", expected ", next_index_);
     }
@@ -152,6 +153,17 @@ class StreamOrderChecker {
     return "";
   }
 
+  // Previews are live only: a stream may join them anywhere, but then they are contiguous.
+  std::string CheckPreview(const v1::VideoChunk& chunk) {
+    if (preview_known_ && chunk.index() != next_preview_) {
+      return absl::StrCat("preview VideoChunk index ", chunk.index(), ", expected ",
+                          next_preview_);
+    }
+    preview_known_ = true;
+    next_preview_ = chunk.index() + 1;
+    return "";
+  }
+
   bool accepted_ = false;
   bool got_init_ = false;
   bool got_final_ = false;
@@ -159,6 +171,8 @@ class StreamOrderChecker {
   uint32_t next_frame_ = 0;
   // An Attach stream starts at the requested chunk; its first frame is whatever that chunk's is.
   bool frame_known_ = true;
+  bool preview_known_ = false;
+  uint32_t next_preview_ = 0;
 
  public:
   StreamOrderChecker() = default;
@@ -183,18 +197,22 @@ void Dispatch(v1::RolloutEvent& event, const RolloutCallbacks& callbacks, Rollou
     case v1::RolloutEvent::kStreamInit:
       result.got_init = true;
       result.init = event.stream_init();
-      if (callbacks.keep_video_bytes) result.video_bytes += result.init.init_segment();
+      if (callbacks.keep_video_bytes) {
+        result.video_bytes += result.init.init_segment();
+        result.preview_video_bytes += result.init.preview_init_segment();
+      }
       if (callbacks.on_init) callbacks.on_init(result.init);
       break;
     case v1::RolloutEvent::kChunk: {
       if (callbacks.on_chunk) callbacks.on_chunk(event.chunk());
       v1::VideoChunk* chunk = event.mutable_chunk();
+      const bool preview = chunk->kind() == v1::CHUNK_KIND_PREVIEW;
       if (callbacks.keep_video_bytes) {
-        result.video_bytes += chunk->data();
+        (preview ? result.preview_video_bytes : result.video_bytes) += chunk->data();
       } else {
         chunk->clear_data();
       }
-      result.chunks.push_back(std::move(*chunk));
+      (preview ? result.preview_chunks : result.chunks).push_back(std::move(*chunk));
       break;
     }
     case v1::RolloutEvent::kFinal:

@@ -81,6 +81,10 @@ struct RolloutResult {
   int progress_events = 0;
   // init_segment followed by every chunk's data: a complete fragmented MP4.
   std::string video_bytes;
+  // PREVIEW chunks (model_options preview=on), in order, and their own fMP4
+  // (preview_init_segment + their data). Empty without previews.
+  std::vector<v1::VideoChunk> preview_chunks;
+  std::string preview_video_bytes;
   // The RPC's status, except: INTERNAL "stream protocol violation: ..." when the server broke
   // the event order (the call is then cancelled), and INTERNAL "stream ended without Final" when
   // the server returned OK early. OK means a complete, well-formed stream.

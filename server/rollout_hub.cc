@@ -402,6 +402,7 @@ void RolloutHub::WorkerUpdate(const std::string& worker_id, v1::RolloutUpdate up
   if (event.has_stream_init()) {
     // A resumed rollout's new worker sends the same init segment again; clients have it.
     if (r->init_event) return;
+    if (event.stream_init().frames_total() > 0) r->frames_total = event.stream_init().frames_total();
     r->bytes_sent += event.stream_init().init_segment().size();
     metrics_->bytes_sent.Increment(static_cast<double>(event.stream_init().init_segment().size()));
     r->init_event = std::make_unique<v1::RolloutEvent>(event);
@@ -410,6 +411,14 @@ void RolloutHub::WorkerUpdate(const std::string& worker_id, v1::RolloutUpdate up
   }
   if (!event.has_chunk()) return;
   const v1::VideoChunk& chunk = event.chunk();
+  if (chunk.kind() == v1::CHUNK_KIND_PREVIEW) {
+    // Live only (rollout.proto ChunkKind): relayed once each (a resumed worker repeats them),
+    // never buffered for Attach, not counted as chunks of the video.
+    if (chunk.index() < r->previews_sent) return;
+    r->previews_sent = chunk.index() + 1;
+    BroadcastLocked(*r, event);
+    return;
+  }
   if (chunk.index() < r->chunks_sent) return;  // delivered before a resume
   if (chunk.index() > r->chunks_sent) {
     EndLocked(*r, absl::InternalError(absl::StrCat("worker ", worker_id, " sent chunk ",

@@ -178,6 +178,7 @@ class RolloutHub {
     uint32_t frames_done = 0;
     uint32_t frames_total = 0;
     uint32_t chunks_sent = 0;  // chunks relayed so far = next index expected
+    uint32_t previews_sent = 0;  // PREVIEW chunks relayed so far (live only, never buffered)
     uint64_t bytes_sent = 0;
     uint32_t resumes = 0;
     // Replay state for Attach: the init event, then the most recent chunks.

@@ -55,9 +55,14 @@ struct RolloutSpec {
   std::map<std::string, std::string> options;  // model_options from the request
 };
 
+// FINAL: the requested video. PREVIEW: an early, cheaper look at frames a later FINAL chunk will
+// carry (sana-wm: Stage-1 latents decoded before the refiner), encoded as its own video stream.
+enum class ChunkKind { kFinal, kPreview };
+
 // A contiguous run of output frames, ready for the video encoder.
 struct FrameChunk {
-  int first_frame = 0;
+  ChunkKind kind = ChunkKind::kFinal;
+  int first_frame = 0;  // within its kind's video
   int frame_count = 0;
   int width = 0;
   int height = 0;
@@ -67,9 +72,9 @@ struct FrameChunk {
 enum class ModelStage { kImageEncode, kBackbone, kRefiner, kDecode };
 const char* ModelStageName(ModelStage stage);
 
-// The runner's side of a rollout, handed to the model. Used by one thread at a time: the rollout
-// thread, or, while it is blocked in a co-batched chunk, the thread running that batch on its
-// behalf (the batch's mutex hand-off orders the accesses).
+// The runner's side of a rollout, handed to the model. Thread-safe: a model may call it from its
+// own pipeline threads (sana-wm runs Stage-1 and refine + decode on separate threads) and from a
+// co-batch running on another rollout's thread.
 class RolloutControl {
  public:
   virtual ~RolloutControl() = default;
@@ -105,6 +110,12 @@ class ModelRollout {
   // frames have been produced. Errors: CANCELLED when control.cancelled() was seen,
   // INVALID_ARGUMENT for inputs the model cannot use, INTERNAL / RESOURCE_EXHAUSTED otherwise.
   virtual absl::StatusOr<std::optional<FrameChunk>> NextChunk(RolloutControl& control) = 0;
+  // FINAL frames the rollout produces; -1 = one per camera of the spec. (sana-wm with the
+  // refiner drops the conditioning frame: 961 cameras -> 960 frames.)
+  virtual int output_frames() const { return -1; }
+  // True if NextChunk also returns PREVIEW chunks, each ahead of the FINAL chunk with the same
+  // frames.
+  virtual bool emits_previews() const { return false; }
 };
 
 struct ModelDescriptor {

@@ -33,6 +33,9 @@ absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelConfig& config) {
     if (!config.dtype.empty()) sana.dtype = config.dtype;
     if (!config.mode.empty()) sana.mode = config.mode;
     sana.prompt_embeddings = config.prompt_embeddings;
+    if (!config.vae_weights.empty()) sana.vae_weights = config.vae_weights;
+    if (!config.refiner_weights.empty()) sana.refiner_weights = config.refiner_weights;
+    sana.refiner_prompt_embeddings = config.refiner_prompt_embeddings;
     sana.max_batch = config.max_batch;
     sana.batch_gather_fraction = config.batch_gather_fraction;
     sana.batch_gather_max_ms = config.batch_gather_max_ms;

@@ -21,6 +21,10 @@ struct ModelConfig {
   int frames_per_chunk = 16;   // for models with a free chunk size (warp)
   std::string mode;               // default rollout mode (sana-wm: streaming | bidirectional)
   std::string prompt_embeddings;  // prompt-embedding safetensors (sana-wm); "" = built-in only
+  // sana-wm's LTX-2 VAE / refiner weights ("" = the model's default: dummy) and refiner prompts.
+  std::string vae_weights;
+  std::string refiner_weights;
+  std::string refiner_prompt_embeddings;
   // Co-batching (sana-wm streaming): rollouts per batched forward (1 = off), and how long a
   // rollout ready for its next chunk waits for the others (a fraction of the last batch's run
   // time, at most max ms). See worker/models/sana/batcher.h.

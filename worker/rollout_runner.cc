@@ -125,6 +125,7 @@ class Control : public RolloutControl {
   bool cancelled() const override { return cancelled_.load(std::memory_order_relaxed); }
 
   void OnStep(ModelStage stage, int step, int total_steps) override {
+    absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
     // Step duration = gap between consecutive steps of a stage within one chunk.
     auto& previous = last_step_[static_cast<int>(stage)];
@@ -146,6 +147,7 @@ class Control : public RolloutControl {
   }
 
   void AddStageTime(ModelStage stage, absl::Duration elapsed) override {
+    absl::MutexLock lock(&mu_);
     clock_.Add(ToProtoStage(stage), elapsed);
     const double secs = absl::ToDoubleSeconds(elapsed);
     switch (stage) {
@@ -166,8 +168,11 @@ class Control : public RolloutControl {
     }
   }
 
-  // Called before each NextChunk; returns what the previous chunk accumulated.
+  // Called after each NextChunk; returns what accumulated since the previous call. (A model that
+  // pipelines its stages works on several chunks at once; their times land on the chunk that
+  // is returned next.)
   v1::ChunkTimings TakeChunkTimings() {
+    absl::MutexLock lock(&mu_);
     if (metrics_) {
       const std::pair<const char*, double> stages[] = {{"image_encode", chunk_.image_encode_s()},
                                                        {"backbone", chunk_.backbone_s()},
@@ -183,13 +188,22 @@ class Control : public RolloutControl {
     return out;
   }
 
-  void set_frames_done(uint32_t n) { frames_done_ = n; }
+  void set_frames_total(uint32_t n) {
+    absl::MutexLock lock(&mu_);
+    frames_total_ = n;
+  }
+  void set_frames_done(uint32_t n) {
+    absl::MutexLock lock(&mu_);
+    frames_done_ = n;
+  }
 
  private:
+  // The model may call OnStep / AddStageTime from several threads (model.h RolloutControl).
+  absl::Mutex mu_;
   const std::atomic<bool>& cancelled_;
   RolloutEventSink& sink_;
   StageClock& clock_;
-  const uint32_t frames_total_;
+  uint32_t frames_total_;
   const absl::Duration progress_interval_;
   metrics::WorkerMetrics* const metrics_;
   DeviceMemoryProbe* const memory_;
@@ -234,9 +248,11 @@ v1::RolloutDone Fail(const std::string& rollout_id, const absl::Status& status) 
   return done;
 }
 
-// The encoder thread's work: encode each chunk into one media segment and emit it.
+// The encoder thread's work: encode each chunk into one media segment and emit it. FINAL and
+// PREVIEW chunks are two videos: each kind has its own encoder and chunk indices.
 struct EncoderLoop {
   media::Fmp4Encoder* encoder;
+  media::Fmp4Encoder* preview_encoder;  // null without previews
   ChunkQueue* queue;
   RolloutEventSink* sink;
   StageClock* clock;
@@ -244,17 +260,25 @@ struct EncoderLoop {
   const std::atomic<bool>* cancelled;
   double fps;
   absl::Status status;
-  uint32_t chunks = 0;
+  uint32_t chunks = 0;  // FINAL chunks and frames
   uint32_t frames = 0;
+  uint32_t preview_chunks = 0;
   uint64_t bytes = 0;
 
   void Run() {
     while (std::optional<PendingChunk> pending = queue->Pop()) {
       if (cancelled->load()) continue;  // drain without work so the producer never blocks
       const FrameChunk* chunk = &pending->frames;
+      const bool preview = chunk->kind == ChunkKind::kPreview;
+      if (preview && preview_encoder == nullptr) {
+        status = absl::InternalError("the model sent a PREVIEW chunk without announcing previews");
+        queue->ConsumerGone();
+        return;
+      }
       const absl::Time start = absl::Now();
-      absl::StatusOr<std::string> segment =
-          encoder->EncodeSegment(chunk->rgb.data(), chunk->frame_count);
+      absl::StatusOr<std::string> segment = (preview ? preview_encoder : encoder)
+                                                ->EncodeSegment(chunk->rgb.data(),
+                                                                chunk->frame_count);
       if (!segment.ok()) {
         status = segment.status();
         queue->ConsumerGone();
@@ -264,13 +288,14 @@ struct EncoderLoop {
       clock->Add(v1::STAGE_VIDEO_ENCODE, took);
       if (metrics) {
         metrics->StageTime("video_encode", absl::ToDoubleSeconds(took));
-        metrics->FramesGenerated("video_encode", chunk->frame_count);
+        if (!preview) metrics->FramesGenerated("video_encode", chunk->frame_count);
       }
       v1::RolloutEvent event;
       v1::VideoChunk* out = event.mutable_chunk();
       *out->mutable_timings() = std::move(pending->timings);
       out->mutable_timings()->set_video_encode_s(absl::ToDoubleSeconds(took));
-      out->set_index(chunks);
+      out->set_index(preview ? preview_chunks : chunks);
+      if (preview) out->set_kind(v1::CHUNK_KIND_PREVIEW);
       out->set_first_frame(static_cast<uint32_t>(chunk->first_frame));
       out->set_frame_count(static_cast<uint32_t>(chunk->frame_count));
       out->set_presentation_time_s(chunk->first_frame / fps);
@@ -282,6 +307,10 @@ struct EncoderLoop {
       const absl::Duration send = absl::Now() - send_start;
       clock->Add(v1::STAGE_SEND, send);
       if (metrics) metrics->StageTime("send", absl::ToDoubleSeconds(send));
+      if (preview) {
+        ++preview_chunks;
+        continue;
+      }
       ++chunks;
       frames += static_cast<uint32_t>(chunk->frame_count);
     }
@@ -315,6 +344,17 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
   control.AddStageTime(ModelStage::kImageEncode, image_decode);
   absl::StatusOr<std::unique_ptr<ModelRollout>> rollout = model.StartRollout(spec, control);
   if (!rollout.ok()) return Fail(rollout_id, rollout.status());
+  const uint32_t frames_expected = (*rollout)->output_frames() >= 0
+                                       ? static_cast<uint32_t>((*rollout)->output_frames())
+                                       : request.num_frames();
+  control.set_frames_total(frames_expected);
+  std::unique_ptr<media::Fmp4Encoder> preview_encoder;
+  if ((*rollout)->emits_previews()) {
+    absl::StatusOr<std::unique_ptr<media::Fmp4Encoder>> created =
+        media::Fmp4Encoder::Create(enc_options);
+    if (!created.ok()) return Fail(rollout_id, created.status());
+    preview_encoder = *std::move(created);
+  }
 
   {
     v1::RolloutEvent init;
@@ -324,13 +364,15 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
     si->set_height(static_cast<uint32_t>(spec.height));
     si->set_fps(spec.fps);
     si->set_init_segment((*encoder)->init_segment());
+    si->set_frames_total(frames_expected);
+    if (preview_encoder) si->set_preview_init_segment(preview_encoder->init_segment());
     sink.Emit(std::move(init));
   }
 
   ChunkQueue queue(/*capacity=*/2);
   v1::ChunkTimings carried = control.TakeChunkTimings();  // image encode goes on chunk 0
-  EncoderLoop loop{encoder->get(), &queue, &sink, &clock, metrics, &cancelled, spec.fps,
-                   absl::OkStatus()};
+  EncoderLoop loop{encoder->get(), preview_encoder.get(), &queue, &sink, &clock, metrics,
+                   &cancelled, spec.fps, absl::OkStatus()};
   std::thread encoder_thread([&loop] { loop.Run(); });
 
   absl::Status status;
@@ -352,9 +394,11 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
       break;
     }
     if (!chunk->has_value()) break;
-    if (metrics) metrics->FramesGenerated("backbone", (*chunk)->frame_count);
-    frames_generated += static_cast<uint32_t>((*chunk)->frame_count);
-    control.set_frames_done(frames_generated);
+    if ((*chunk)->kind == ChunkKind::kFinal) {
+      if (metrics) metrics->FramesGenerated("backbone", (*chunk)->frame_count);
+      frames_generated += static_cast<uint32_t>((*chunk)->frame_count);
+      control.set_frames_done(frames_generated);
+    }
     PendingChunk pending{std::move(**chunk), control.TakeChunkTimings()};
     if (carried.image_encode_s() > 0) {
       pending.timings.set_image_encode_s(carried.image_encode_s());
@@ -366,9 +410,9 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
   encoder_thread.join();
   if (status.ok() && !loop.status.ok()) status = loop.status;
   if (status.ok() && cancelled.load()) status = absl::CancelledError("rollout cancelled");
-  if (status.ok() && loop.frames != request.num_frames()) {
+  if (status.ok() && loop.frames != frames_expected) {
     status = absl::InternalError(absl::StrCat("model produced ", loop.frames, " frames, expected ",
-                                              request.num_frames()));
+                                              frames_expected));
   }
   if (!status.ok()) return Fail(rollout_id, status);
 
@@ -379,7 +423,8 @@ v1::RolloutDone RunRolloutOrThrow(Model& model, const std::string& rollout_id,
   clock.FillFinal(*final);
   final->set_frames_sent(loop.frames);
   final->set_chunks_sent(loop.chunks);
-  final->set_bytes_sent(loop.bytes + (*encoder)->init_segment().size());
+  final->set_bytes_sent(loop.bytes + (*encoder)->init_segment().size() +
+                        (preview_encoder ? preview_encoder->init_segment().size() : 0));
   return done;
 }
 

@@ -31,6 +31,12 @@ ABSL_FLAG(std::string, mode, "",
           "Default rollout mode (sana-wm: streaming | bidirectional; requests override it).");
 ABSL_FLAG(std::string, prompt_embeddings, "",
           "Safetensors file of prompt embeddings, selectable per request (sana-wm).");
+ABSL_FLAG(std::string, vae_weights, "",
+          "sana-wm: LTX-2 VAE weights, `dummy` (default) or a safetensors path.");
+ABSL_FLAG(std::string, refiner_weights, "",
+          "sana-wm: LTX-2 refiner weights, `dummy` (default), a safetensors path, or `none`.");
+ABSL_FLAG(std::string, refiner_prompt_embeddings, "",
+          "sana-wm: refiner prompt embeddings (safetensors; NAME -> [L, caption_channels]).");
 ABSL_FLAG(int, frames_per_chunk, 16, "Frames per streamed chunk, for models with a free choice.");
 ABSL_FLAG(int, max_concurrent, 1, "Rollouts this worker runs at once.");
 ABSL_FLAG(int, threads, 0, "CPU threads for model kernels (0 = all cores).");
@@ -109,6 +115,9 @@ int Main(int argc, char** argv) {
     c.dtype = absl::GetFlag(FLAGS_dtype);
     c.mode = absl::GetFlag(FLAGS_mode);
     c.prompt_embeddings = absl::GetFlag(FLAGS_prompt_embeddings);
+    c.vae_weights = absl::GetFlag(FLAGS_vae_weights);
+    c.refiner_weights = absl::GetFlag(FLAGS_refiner_weights);
+    c.refiner_prompt_embeddings = absl::GetFlag(FLAGS_refiner_prompt_embeddings);
     c.frames_per_chunk = absl::GetFlag(FLAGS_frames_per_chunk);
     c.max_batch = std::max(1, std::min(absl::GetFlag(FLAGS_max_batch), options.max_concurrent));
     c.batch_gather_fraction = absl::GetFlag(FLAGS_batch_gather_fraction);

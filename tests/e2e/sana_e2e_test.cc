@@ -26,9 +26,10 @@
 namespace wmserve::testing {
 namespace {
 
-// The tiny preset's native size (its config's wmserve_pixel_size).
-constexpr int kNativeWidth = 1280;
-constexpr int kNativeHeight = 704;
+// The tiny preset's native size (its config's wmserve_pixel_size: a 2x4 latent grid through the
+// tiny LTX-2 VAE's x32).
+constexpr int kNativeWidth = 128;
+constexpr int kNativeHeight = 64;
 
 // The model renders at its native size only; the image may be any size.
 v1::RolloutRequest MakeSanaRequest(int frames, const media::RgbImage& image,
@@ -65,21 +66,85 @@ class SanaE2E : public ::testing::Test {
   std::unique_ptr<SchedulerProcess> scheduler_;
 };
 
-TEST_F(SanaE2E, StreamingRolloutOf49FramesStreamsTwoChunksAtTheNativeSize) {
+TEST_F(SanaE2E, RefinedRolloutOf49FramesStreams48FramesInTwoChunks) {
   const media::RgbImage image = MakeTestImage(640, 352, 3);
   client::RolloutResult r = Run(MakeSanaRequest(49, image));
   ASSERT_TRUE(r.ok()) << client::FormatStatus(r.status);
   EXPECT_EQ(r.final.outcome(), v1::OUTCOME_SUCCEEDED);
-  EXPECT_EQ(r.final.frames_sent(), 49u);
-  // 7 latent frames = chunks of 4 + 3 latent frames = 25 + 24 pixel frames.
+  // 7 latent frames = chunks of 4 + 3 latent frames = 25 + 24 pixel frames; the refiner's sink
+  // (the conditioning frame) is not part of the video: 48 frames.
+  EXPECT_EQ(r.init.frames_total(), 48u);
+  EXPECT_EQ(r.final.frames_sent(), 48u);
   ASSERT_EQ(r.chunks.size(), 2u);
-  EXPECT_EQ(r.chunks[0].frame_count(), 25u);
+  EXPECT_EQ(r.chunks[0].frame_count(), 24u);
   EXPECT_EQ(r.chunks[1].frame_count(), 24u);
+  EXPECT_TRUE(r.preview_chunks.empty());
   auto video = media::DecodeVideo(r.video_bytes);
   ASSERT_TRUE(video.ok()) << video.status();
   EXPECT_EQ(video->width, kNativeWidth);
   EXPECT_EQ(video->height, kNativeHeight);
+  EXPECT_EQ(static_cast<int>(video->frames.size()), 48);
+}
+
+TEST_F(SanaE2E, UnrefinedRolloutKeepsEveryFrame) {
+  const media::RgbImage image = MakeTestImage(640, 352, 3);
+  client::RolloutResult r = Run(MakeSanaRequest(49, image, {{"refine", "off"}}));
+  ASSERT_TRUE(r.ok()) << client::FormatStatus(r.status);
+  EXPECT_EQ(r.final.frames_sent(), 49u);
+  ASSERT_EQ(r.chunks.size(), 2u);
+  EXPECT_EQ(r.chunks[0].frame_count(), 25u);
+  auto video = media::DecodeVideo(r.video_bytes);
+  ASSERT_TRUE(video.ok()) << video.status();
   EXPECT_EQ(static_cast<int>(video->frames.size()), 49);
+}
+
+TEST_F(SanaE2E, PreviewChunksArriveTaggedAheadOfEachFinalChunk) {
+  const media::RgbImage image = MakeTestImage(640, 352, 3);
+  std::vector<v1::ChunkKind> order;
+  client::RolloutCallbacks callbacks;
+  callbacks.keep_video_bytes = true;
+  callbacks.on_chunk = [&](const v1::VideoChunk& chunk) { order.push_back(chunk.kind()); };
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  client::RolloutResult r = client::RunRollout(
+      scheduler_->stub(), MakeSanaRequest(73, image, {{"preview", "on"}}), callbacks, &ctx);
+  ASSERT_TRUE(r.ok()) << client::FormatStatus(r.status);
+  // 3 chunks, each PREVIEW (Stage-1, 25 then 24 frames) before its FINAL (refined, 24 frames).
+  EXPECT_THAT(order, ::testing::ElementsAre(v1::CHUNK_KIND_PREVIEW, v1::CHUNK_KIND_FINAL,
+                                            v1::CHUNK_KIND_PREVIEW, v1::CHUNK_KIND_FINAL,
+                                            v1::CHUNK_KIND_PREVIEW, v1::CHUNK_KIND_FINAL));
+  ASSERT_EQ(r.preview_chunks.size(), 3u);
+  ASSERT_EQ(r.chunks.size(), 3u);
+  EXPECT_EQ(r.preview_chunks[0].frame_count(), 25u);
+  EXPECT_EQ(r.final.frames_sent(), 72u);
+  EXPECT_EQ(r.final.chunks_sent(), 3u);
+  // Two independent, decodable videos.
+  auto final_video = media::DecodeVideo(r.video_bytes);
+  ASSERT_TRUE(final_video.ok()) << final_video.status();
+  EXPECT_EQ(static_cast<int>(final_video->frames.size()), 72);
+  auto preview_video = media::DecodeVideo(r.preview_video_bytes);
+  ASSERT_TRUE(preview_video.ok()) << preview_video.status();
+  EXPECT_EQ(static_cast<int>(preview_video->frames.size()), 73);
+}
+
+TEST_F(SanaE2E, CancelDuringTheRefinerEndsTheRolloutPromptly) {
+  const media::RgbImage image = MakeTestImage(640, 352, 3);
+  client::RolloutCallbacks callbacks;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  // Cancel on the first refiner progress event: the worker must stop and report CANCELLED
+  // instead of finishing the 20-chunk rollout.
+  callbacks.on_progress = [&](const v1::Progress& p) {
+    if (p.stage() == v1::STAGE_REFINER) ctx.TryCancel();
+  };
+  client::RolloutResult r = client::RunRollout(
+      scheduler_->stub(), MakeSanaRequest(24 * 20 + 1, image), callbacks, &ctx);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED) << client::FormatStatus(r.status);
+  EXPECT_LT(r.chunks.size(), 20u);
+  // The worker is free again: a new rollout runs to completion.
+  client::RolloutResult next = Run(MakeSanaRequest(25, image));
+  ASSERT_TRUE(next.ok()) << client::FormatStatus(next.status);
+  EXPECT_EQ(next.final.frames_sent(), 24u);
 }
 
 TEST_F(SanaE2E, ModelRulesComeBackAsInvalidArgument) {
@@ -126,6 +191,7 @@ class SanaCoBatchE2E : public SanaE2E {
 TEST_F(SanaCoBatchE2E, CompatibleRolloutsArePackedOntoOneWorkerAndShareForwards) {
   const media::RgbImage image = MakeTestImage(640, 352, 3);
   // 145 frames = 6 chunks each: they meet in the steady state (chunk >= 2) whatever the stagger.
+  // Refined: 144 frames out.
   constexpr int kFrames = 145;
   client::RolloutResult results[2];
   std::thread second([&] { results[1] = Run(MakeSanaRequest(kFrames, image)); });
@@ -134,11 +200,11 @@ TEST_F(SanaCoBatchE2E, CompatibleRolloutsArePackedOntoOneWorkerAndShareForwards)
   std::string worker_id;
   for (const client::RolloutResult& r : results) {
     ASSERT_TRUE(r.ok()) << client::FormatStatus(r.status);
-    EXPECT_EQ(r.final.frames_sent(), static_cast<uint32_t>(kFrames));
+    EXPECT_EQ(r.final.frames_sent(), static_cast<uint32_t>(kFrames - 1));
     ASSERT_EQ(r.chunks.size(), 6u);
     auto video = media::DecodeVideo(r.video_bytes);
     ASSERT_TRUE(video.ok()) << video.status();
-    EXPECT_EQ(static_cast<int>(video->frames.size()), kFrames);
+    EXPECT_EQ(static_cast<int>(video->frames.size()), kFrames - 1);
     // Packing: both on the same worker although the other one was idle.
     grpc::ClientContext ctx;
     v1::GetRolloutRequest get;

@@ -1,7 +1,8 @@
 // Tests for the `sana-wm` model adapter (worker/models/sana_wm_model.h) with the tiny preset and
 // dummy weights: the streaming and bidirectional chunk contracts, determinism, request
-// validation, cancellation, the stand-in encoder / preview decoder, prompt embeddings, and the
-// size accounting of the 2.6B preset (computed, never allocated).
+// validation, cancellation (in Stage-1 and in the refiner), the LTX-2 VAE encode / decode and the
+// refiner in the pipeline (refine, preview), prompt embeddings, and the size accounting of the
+// 2.6B preset (computed, never allocated).
 #include "worker/models/sana_wm_model.h"
 
 #include <ATen/core/Tensor.h>
@@ -12,6 +13,8 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -32,6 +35,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "worker/model.h"
+#include "worker/models/ltx2/ltx2_transformer.h"
+#include "worker/models/ltx2/vae.h"
+#include "worker/models/ltx2/vae_pixels.h"
 #include "worker/models/sana/dummy_weights.h"
 #include "worker/models/sana/rollout.h"
 #include "worker/models/sana/sana_config.h"
@@ -42,15 +48,17 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr int kNativeWidth = 1280;
-constexpr int kNativeHeight = 704;
+// The tiny preset's native size: its 2x4 latent grid through the tiny VAE's x32.
+constexpr int kNativeWidth = 128;
+constexpr int kNativeHeight = 64;
 
 // Records progress and timings; cancels once `cancel_after_backbone_steps` backbone steps were
 // reported (-1 = never).
 class TestControl final : public RolloutControl {
  public:
   bool cancelled() const override {
-    return cancel_after_backbone_steps >= 0 && backbone_steps >= cancel_after_backbone_steps;
+    return (cancel_after_backbone_steps >= 0 && backbone_steps >= cancel_after_backbone_steps) ||
+           (cancel_after_refiner_steps >= 0 && refiner_steps >= cancel_after_refiner_steps);
   }
   void OnStep(ModelStage stage, int step, int total_steps) override {
     if (stage == ModelStage::kBackbone) {
@@ -59,16 +67,20 @@ class TestControl final : public RolloutControl {
       EXPECT_GE(step, 0);
       EXPECT_LT(step, total_steps);
     }
-    if (stage == ModelStage::kDecode) ++decode_steps;
+    if (stage == ModelStage::kRefiner) ++refiner_steps;
   }
   void AddStageTime(ModelStage stage, absl::Duration elapsed) override {
+    std::lock_guard<std::mutex> lock(mu);
     stage_time[stage] += elapsed;
   }
+  std::mutex mu;
 
-  int cancel_after_backbone_steps = -1;
-  int backbone_steps = 0;
-  int last_backbone_total = 0;
-  int decode_steps = 0;
+  // The model's pipeline reports from its own threads (model.h: RolloutControl is thread-safe).
+  std::atomic<int> cancel_after_backbone_steps{-1};
+  std::atomic<int> cancel_after_refiner_steps{-1};
+  std::atomic<int> backbone_steps{0};
+  std::atomic<int> last_backbone_total{0};
+  std::atomic<int> refiner_steps{0};
   std::map<ModelStage, absl::Duration> stage_time;
 };
 
@@ -132,8 +144,18 @@ RunResult RunAll(Model& model, const RolloutSpec& spec, TestControl& control) {
   }
 }
 
-void ExpectChunksCover(const std::vector<FrameChunk>& chunks, int frames,
-                       const std::vector<int>& sizes) {
+// The chunks of one kind, in order.
+std::vector<FrameChunk> OfKind(const std::vector<FrameChunk>& chunks, ChunkKind kind) {
+  std::vector<FrameChunk> out;
+  for (const FrameChunk& c : chunks) {
+    if (c.kind == kind) out.push_back(c);
+  }
+  return out;
+}
+
+void ExpectChunksCover(const std::vector<FrameChunk>& all, int frames,
+                       const std::vector<int>& sizes, ChunkKind kind = ChunkKind::kFinal) {
+  const std::vector<FrameChunk> chunks = OfKind(all, kind);
   ASSERT_EQ(chunks.size(), sizes.size());
   int next = 0;
   for (size_t i = 0; i < chunks.size(); ++i) {
@@ -158,24 +180,37 @@ TEST(SanaWmModel, DescriptorIsTheTinyPresetsNativeSize) {
   const sana::SanaConfig tiny = sana::SanaConfig::Preset("tiny");
   EXPECT_EQ(d.native_width, tiny.pixel_width);
   EXPECT_EQ(d.native_height, tiny.pixel_height);
-  EXPECT_EQ(d.weights_bytes,
-            static_cast<uint64_t>(sana::SanaTransformer::ParameterCount(tiny)) * 4);
+  const uint64_t params =
+      static_cast<uint64_t>(sana::SanaTransformer::ParameterCount(tiny)) +
+      static_cast<uint64_t>(ltx2::VideoVae::ParameterCount(ltx2::VaeConfig::Preset("tiny"))) +
+      static_cast<uint64_t>(
+          ltx2::Ltx2Transformer::ParameterCount(ltx2::TransformerConfig::Preset("tiny")));
+  EXPECT_EQ(d.weights_bytes, params * 4);
   EXPECT_GT(d.rollout_state_bytes, 0u);
   EXPECT_TRUE(model->WarmUp().ok());
 }
 
-TEST(SanaWmModel, StreamingRolloutOf49FramesIsTwoChunksAtTheNativeSize) {
+TEST(SanaWmModel, StreamingRolloutOf49FramesIsTwoRefinedChunksAtTheNativeSize) {
   std::unique_ptr<Model> model = TinyModel();
   ASSERT_NE(model, nullptr);
   TestControl control;
+  absl::StatusOr<std::unique_ptr<ModelRollout>> rollout =
+      model->StartRollout(MakeSpec(49), control);
+  ASSERT_TRUE(rollout.ok()) << rollout.status();
+  EXPECT_EQ((*rollout)->output_frames(), 48);
+  EXPECT_FALSE((*rollout)->emits_previews());
+  rollout->reset();
   RunResult run = RunAll(*model, MakeSpec(49), control);
   ASSERT_TRUE(run.status.ok()) << run.status;
-  // 49 pixel frames = 7 latent frames = chunks of 4 + 3 latent frames = 25 + 24 pixel frames.
-  ExpectChunksCover(run.chunks, 49, {25, 24});
+  // 49 pixel frames = 7 latent frames = chunks of 4 + 3 latent frames = 25 + 24 pixel frames,
+  // minus the refiner's sink frame.
+  ExpectChunksCover(run.chunks, 48, {24, 24});
   // 2 chunks x (4 denoising + 1 KV-save) forwards, reported within the chunk (total 5).
   EXPECT_EQ(control.backbone_steps, 10);
   EXPECT_EQ(control.last_backbone_total, 5);
-  EXPECT_GT(control.decode_steps, 0);
+  // The refiner: the sink capture, then per block 3 Euler steps + 1 capture forward.
+  EXPECT_EQ(control.refiner_steps, 1 + 4 + 4);
+  EXPECT_GT(control.stage_time[ModelStage::kRefiner], absl::ZeroDuration());
   EXPECT_GT(control.stage_time[ModelStage::kBackbone], absl::ZeroDuration());
   EXPECT_GT(control.stage_time[ModelStage::kDecode], absl::ZeroDuration());
   EXPECT_GT(control.stage_time[ModelStage::kImageEncode], absl::ZeroDuration());
@@ -211,24 +246,64 @@ TEST(SanaWmModel, SameSeedGivesIdenticalFramesAndAnotherSeedDoesNot) {
   EXPECT_TRUE(a.chunks[0].rgb == d.chunks[0].rgb);
 }
 
-TEST(SanaWmModel, FirstFrameIsThePreviewOfTheEncodedImage) {
-  // preview(encode(image)) reproduces a blurred image: for a uniform image, the colour itself.
+TEST(SanaWmModel, UnrefinedFirstFrameIsTheVaeRoundTripOfTheImage) {
+  // Without the refiner, frame 0 is the causal decode of latent frame 0 (which depends on it
+  // alone), and latent frame 0 is the VAE encode of the image: decode(encode(image)).
   std::unique_ptr<Model> model = TinyModel();
   ASSERT_NE(model, nullptr);
   RolloutSpec spec = MakeSpec(25);
   const std::array<uint8_t, 3> colour = {200, 60, 110};
   for (size_t i = 0; i < spec.image.pixels.size(); ++i) spec.image.pixels[i] = colour[i % 3];
+  spec.options["refine"] = "off";
   TestControl control;
   RunResult run = RunAll(*model, spec, control);
   ASSERT_TRUE(run.status.ok()) << run.status;
-  ASSERT_FALSE(run.chunks.empty());
-  const std::vector<uint8_t>& rgb = run.chunks[0].rgb;
-  const size_t frame_bytes = static_cast<size_t>(kNativeWidth) * kNativeHeight * 3;
+  ExpectChunksCover(run.chunks, 25, {25});
+  EXPECT_EQ(control.refiner_steps, 0);
+
+  // The same VAE (tiny preset, dummy seed 0) on the uniform image at the native size.
+  auto vae = std::make_shared<ltx2::VideoVae>(ltx2::VaeConfig::Preset("tiny"));
+  vae->InitDummyWeights(0);
+  at::Tensor image = at::zeros({1, 3, 1, kNativeHeight, kNativeWidth});
+  for (int c = 0; c < 3; ++c) image.select(1, c).fill_(colour[c] / 127.5 - 1.0);
+  const at::Tensor frame0 =
+      ltx2::ToUint8Frames(vae->DecodeCausal(vae->Encode(image))).select(0, 0).contiguous();
+  const uint8_t* expected = frame0.data_ptr<uint8_t>();
   int worst = 0;
-  for (size_t i = 0; i < frame_bytes; ++i) {
-    worst = std::max(worst, std::abs(static_cast<int>(rgb[i]) - colour[i % 3]));
+  for (int64_t i = 0; i < frame0.numel(); ++i) {
+    worst = std::max(worst, std::abs(static_cast<int>(run.chunks[0].rgb[i]) - expected[i]));
   }
   EXPECT_LE(worst, 1);
+}
+
+TEST(SanaWmModel, PreviewChunksPrecedeEachRefinedChunk) {
+  std::unique_ptr<Model> model = TinyModel();
+  ASSERT_NE(model, nullptr);
+  RolloutSpec spec = MakeSpec(49);
+  spec.options["preview"] = "on";
+  TestControl control;
+  RunResult run = RunAll(*model, spec, control);
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  ASSERT_EQ(run.chunks.size(), 4u);
+  EXPECT_EQ(run.chunks[0].kind, ChunkKind::kPreview);
+  EXPECT_EQ(run.chunks[1].kind, ChunkKind::kFinal);
+  EXPECT_EQ(run.chunks[2].kind, ChunkKind::kPreview);
+  EXPECT_EQ(run.chunks[3].kind, ChunkKind::kFinal);
+  ExpectChunksCover(run.chunks, 49, {25, 24}, ChunkKind::kPreview);
+  ExpectChunksCover(run.chunks, 48, {24, 24}, ChunkKind::kFinal);
+  // The preview is the un-refined video: the same frames as a refine=off rollout.
+  RolloutSpec plain = MakeSpec(49);
+  plain.options["refine"] = "off";
+  TestControl c2;
+  RunResult unrefined = RunAll(*model, plain, c2);
+  ASSERT_TRUE(unrefined.status.ok()) << unrefined.status;
+  const std::vector<FrameChunk> previews = OfKind(run.chunks, ChunkKind::kPreview);
+  ASSERT_EQ(unrefined.chunks.size(), previews.size());
+  for (size_t i = 0; i < previews.size(); ++i) {
+    EXPECT_TRUE(previews[i].rgb == unrefined.chunks[i].rgb) << "chunk " << i;
+  }
+  // ... and the refiner changes it.
+  EXPECT_FALSE(OfKind(run.chunks, ChunkKind::kFinal)[1].rgb == previews[1].rgb);
 }
 
 TEST(SanaWmModel, BadFrameCountsAreInvalidArgumentWithTheRule) {
@@ -261,7 +336,7 @@ TEST(SanaWmModel, UnknownOrMalformedOptionsAreInvalidArgument) {
   absl::StatusOr<std::unique_ptr<ModelRollout>> r = model->StartRollout(spec, control);
   ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("model_options.depth"));
-  EXPECT_THAT(r.status().message(), HasSubstr("allowed: cfg, mode, prompt, steps"));
+  EXPECT_THAT(r.status().message(), HasSubstr("allowed: cfg, mode, preview, prompt, refine, steps"));
 
   const std::vector<std::pair<std::map<std::string, std::string>, std::string>> bad = {
       {{{"mode", "causal"}}, "model_options.mode"},
@@ -271,6 +346,8 @@ TEST(SanaWmModel, UnknownOrMalformedOptionsAreInvalidArgument) {
       {{{"steps", "8"}}, "only for mode=bidirectional"},
       {{{"cfg", "3"}}, "only for mode=bidirectional"},
       {{{"prompt", "nope"}}, "no prompt embedding \"nope\" (available: default)"},
+      {{{"refine", "maybe"}}, "model_options.refine: must be on or off"},
+      {{{"refine", "off"}, {"preview", "on"}}, "model_options.preview: needs refine=on"},
   };
   for (const auto& [options, message] : bad) {
     SCOPED_TRACE(message);
@@ -292,7 +369,7 @@ TEST(SanaWmModel, OutputSizeMustBeNative) {
   absl::StatusOr<std::unique_ptr<ModelRollout>> r = model->StartRollout(spec, control);
   ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("output.width/height"));
-  EXPECT_THAT(r.status().message(), HasSubstr("1280x704"));
+  EXPECT_THAT(r.status().message(), HasSubstr("128x64"));
   // 0x0 means native.
   spec.width = spec.height = 0;
   r = model->StartRollout(spec, control);
@@ -314,6 +391,17 @@ TEST(SanaWmModel, CancelStopsWithinOneStep) {
   // The rollout stays cancelled.
   chunk = (*rollout)->NextChunk(control);
   EXPECT_EQ(chunk.status().code(), absl::StatusCode::kCancelled);
+
+  // Cancelled in the refiner (pipeline thread): the refiner's step callback stops it before the
+  // next forward (Stage-1 of the next chunk may have run meanwhile, it stops at its next step).
+  TestControl in_refiner;
+  rollout = model->StartRollout(MakeSpec(97), in_refiner);
+  ASSERT_TRUE(rollout.ok()) << rollout.status();
+  in_refiner.cancel_after_refiner_steps = 6;  // the sink capture + 5: block 2's first step
+  absl::Status status;
+  for (int i = 0; i < 4 && status.ok(); ++i) status = (*rollout)->NextChunk(in_refiner).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(in_refiner.refiner_steps, 6);  // the 6th step saw the cancel and ran no forward
 
   // Bidirectional: the same within its step loop.
   RolloutSpec bidi = MakeSpec(17);
@@ -341,9 +429,16 @@ TEST(SanaWmModel, BidirectionalRolloutEmitsEveryFrameAfterAllSteps) {
   TestControl control;
   RunResult run = RunAll(*model, spec, control);
   ASSERT_TRUE(run.status.ok()) << run.status;
-  ExpectChunksCover(run.chunks, 41, {25, 16});
+  // 6 latent frames decoded as 4 + 2; refined offline in one sequence, the sink frame dropped.
+  ExpectChunksCover(run.chunks, 40, {24, 16});
   EXPECT_EQ(control.backbone_steps, 3);
   EXPECT_EQ(control.last_backbone_total, 3);
+  EXPECT_EQ(control.refiner_steps, 3);  // 3 Euler steps over the whole clip at once
+  spec.options["refine"] = "off";
+  TestControl unrefined;
+  run = RunAll(*model, spec, unrefined);
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  ExpectChunksCover(run.chunks, 41, {25, 16});
 
   // The worker-wide default mode can be bidirectional; the request can switch back.
   SanaWmConfig config;
@@ -354,7 +449,7 @@ TEST(SanaWmModel, BidirectionalRolloutEmitsEveryFrameAfterAllSteps) {
   TestControl c2;
   run = RunAll(*bidi, plain, c2);
   ASSERT_TRUE(run.status.ok()) << run.status;
-  ExpectChunksCover(run.chunks, 17, {17});
+  ExpectChunksCover(run.chunks, 16, {16});
   EXPECT_EQ(c2.last_backbone_total, 60);
   plain.options["mode"] = "streaming";
   TestControl c3;
@@ -366,15 +461,16 @@ TEST(SanaWmModel, Bf16WeightsRunAStreamingRollout) {
   config.dtype = "bf16";
   std::unique_ptr<Model> model = TinyModel(config);
   ASSERT_NE(model, nullptr);
-  EXPECT_EQ(model->descriptor().weights_bytes,
-            static_cast<uint64_t>(
-                sana::SanaTransformer::ParameterCount(sana::SanaConfig::Preset("tiny"))) *
-                2);
-  EXPECT_TRUE(model->WarmUp().ok());
+  SanaWmConfig fp32;
+  std::unique_ptr<Model> reference = TinyModel(fp32);
+  ASSERT_NE(reference, nullptr);
+  EXPECT_EQ(model->descriptor().weights_bytes * 2, reference->descriptor().weights_bytes);
+  const absl::Status warm = model->WarmUp();
+  EXPECT_TRUE(warm.ok()) << warm;
   TestControl control;
   RunResult run = RunAll(*model, MakeSpec(25), control);
   ASSERT_TRUE(run.status.ok()) << run.status;
-  ExpectChunksCover(run.chunks, 25, {25});
+  ExpectChunksCover(run.chunks, 24, {24});
 }
 
 TEST(SanaWmModel, DummyWeightsGiveFiniteLatentsOverALongStreamingRollout) {
@@ -450,21 +546,32 @@ TEST(SanaWmModel, SizeAccountingOfThe26BPresetWithoutAllocating) {
     for (int64_t s : shape) n *= s;
     count += n;
   }
-  EXPECT_EQ(d->weights_bytes, static_cast<uint64_t>(count) * 2);
-  // Spec §8: Stage-1 weights are 5.3 GB in bf16.
-  EXPECT_GT(d->weights_bytes, 5.0e9);
-  EXPECT_LT(d->weights_bytes, 5.6e9);
+  // Spec §8: Stage-1 weights are 5.3 GB in bf16; ltx2-spec §1.10, §2.9: the VAE has
+  // 1,222,479,601 parameters and the refiner's video-only path 13,041,520,768.
+  const uint64_t stage1 = static_cast<uint64_t>(count) * 2;
+  EXPECT_GT(stage1, 5.0e9);
+  EXPECT_LT(stage1, 5.6e9);
+  EXPECT_EQ(d->weights_bytes, stage1 + (uint64_t{694098881} + 528380720) * 2 +
+                                  uint64_t{13041520768} * 2);
   EXPECT_EQ(d->native_width, 1280);
   EXPECT_EQ(d->native_height, 704);
-  // Spec §4.3 / §8: the streaming state is ~1 GB per rollout.
-  EXPECT_GT(d->rollout_state_bytes, 0.5e9);
-  EXPECT_LT(d->rollout_state_bytes, 4e9);
+  // Spec §4.3 / §8: the Stage-1 streaming state is ~1 GB per rollout; ltx2-spec §2.10: the
+  // refiner's K/V window (14 frames x 48 layers at 880 tokens x 4096, bf16) ~9.7 GB; two VAE
+  // decoder caches 2 x 0.6 GB.
+  EXPECT_GT(d->rollout_state_bytes, 10e9);
+  EXPECT_LT(d->rollout_state_bytes, 16e9);
+  SanaWmConfig no_refiner = config;
+  no_refiner.refiner_weights = "none";
+  absl::StatusOr<ModelDescriptor> stage1_only = DescribeSanaWm(no_refiner);
+  ASSERT_TRUE(stage1_only.ok()) << stage1_only.status();
+  EXPECT_LT(stage1_only->rollout_state_bytes, 4e9);
   std::printf("sana-wm-2.6b bf16: weights %.3f GB, rollout state %.3f GB\n",
               d->weights_bytes / 1e9, d->rollout_state_bytes / 1e9);
   config.dtype = "fp32";
   d = DescribeSanaWm(config);
   ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ(d->weights_bytes, static_cast<uint64_t>(count) * 4);
+  EXPECT_EQ(d->weights_bytes, (stage1 + (uint64_t{694098881} + 528380720) * 2 +
+                               uint64_t{13041520768} * 2) * 2);
 }
 
 TEST(SanaWmModel, BadConfigsAreRejected) {
@@ -547,8 +654,13 @@ TEST(SanaWmModel, PromptEmbeddingsFromASafetensorsFile) {
   WriteSafetensors(path, {Raw("sunny", "F32", {l, c}, Ramp(l * c, 2.0f)),
                           Raw("sunny.mask", "I64", {l}, std::vector<int64_t>{1, 1, 1, 0, 0}),
                           Raw("uncond", "F32", {1, l, c}, Ramp(l * c, 0.1f))});
+  // The refiner's embedding of the same prompt (its own caption width), named alike.
+  const int64_t rc = ltx2::TransformerConfig::Preset("tiny").caption_channels;
+  const std::string refiner_path = ::testing::TempDir() + "/sana_refiner_prompts.safetensors";
+  WriteSafetensors(refiner_path, {Raw("sunny", "F32", {l, rc}, Ramp(l * rc, 1.5f))});
   SanaWmConfig config;
   config.prompt_embeddings = path;
+  config.refiner_prompt_embeddings = refiner_path;
   std::unique_ptr<Model> model = TinyModel(config);
   ASSERT_NE(model, nullptr);
 
@@ -570,6 +682,19 @@ TEST(SanaWmModel, PromptEmbeddingsFromASafetensorsFile) {
   RunResult bidi = RunAll(*model, spec, c3);
   EXPECT_TRUE(bidi.status.ok()) << bidi.status;
 
+  // A prompt the refiner has no embedding for: refused unless refine=off.
+  SanaWmConfig stage1_only_prompts;
+  stage1_only_prompts.prompt_embeddings = path;
+  std::unique_ptr<Model> partial = TinyModel(stage1_only_prompts);
+  ASSERT_NE(partial, nullptr);
+  RolloutSpec sunny_spec = MakeSpec(25);
+  sunny_spec.options["prompt"] = "sunny";
+  r = partial->StartRollout(sunny_spec, c3);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("no refiner prompt embedding \"sunny\""));
+  sunny_spec.options["refine"] = "off";
+  EXPECT_TRUE(partial->StartRollout(sunny_spec, c3).ok());
+
   // Wrong caption width: rejected at load, naming the entry.
   const std::string bad = ::testing::TempDir() + "/sana_prompts_bad.safetensors";
   WriteSafetensors(bad, {Raw("narrow", "F32", {l, c - 1}, Ramp(l * (c - 1), 1.0f))});
@@ -578,6 +703,7 @@ TEST(SanaWmModel, PromptEmbeddingsFromASafetensorsFile) {
   ASSERT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(rejected.status().message(), HasSubstr("narrow"));
   std::remove(path.c_str());
+  std::remove(refiner_path.c_str());
   std::remove(bad.c_str());
 }
 

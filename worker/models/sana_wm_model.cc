@@ -1,5 +1,6 @@
-// The `sana-wm` model: SANA-WM Stage-1 rollouts (worker/models/sana/rollout.h) behind the Model
-// interface, with the stand-in image encoder and latent preview decoder described in the header.
+// The `sana-wm` model: the SANA-WM pipeline behind the Model interface — LTX-2 VAE encode of the
+// first image, Stage-1 rollouts (worker/models/sana/rollout.h, co-batched by StreamingBatcher),
+// the LTX-2 refiner and the causal VAE decode (worker/models/pipeline/streaming_pipeline.h).
 //
 // Every call into the port runs inside CatchSana, which turns the port's exceptions into
 // statuses (errors.h): InvalidInputError / ConfigError -> INVALID_ARGUMENT, RolloutCancelled ->
@@ -48,6 +49,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "worker/models/ltx2/ltx2_transformer.h"
+#include "worker/models/ltx2/refiner.h"
+#include "worker/models/ltx2/vae.h"
+#include "worker/models/pipeline/streaming_pipeline.h"
 #include "worker/models/sana/batcher.h"
 #include "worker/models/sana/camera.h"
 #include "worker/models/sana/dummy_weights.h"
@@ -66,13 +71,18 @@ using sana::SanaConfig;
 using sana::SanaTransformer;
 
 constexpr char kModelName[] = "sana-wm";
-constexpr char kAllowedOptions[] = "cfg, mode, prompt, steps";
+constexpr char kAllowedOptions[] = "cfg, mode, preview, prompt, refine, steps";
 constexpr char kDefaultPrompt[] = "default";
 constexpr char kUncondPrompt[] = "uncond";
 constexpr char kMaskSuffix[] = ".mask";
-// Fixed seeds of the stand-ins: the same on every worker, so outputs do not depend on placement.
-constexpr uint64_t kPreviewSeed = 0x5A4A'0001;
+// Fixed seeds of the placeholder prompts: the same on every worker, so outputs do not depend on
+// placement.
 constexpr uint64_t kDefaultPromptSeed = 0x5A4A'0002;
+constexpr uint64_t kDefaultRefinerPromptSeed = 0x5A4A'0003;
+// The placeholder refiner prompt's length: a full prompt at true scale (the refiner's text
+// budget, sana-wm-spec §5.1), 16 tokens for the tiny preset.
+constexpr int64_t kRefinerPromptTokensFull = 1024;
+constexpr int64_t kRefinerPromptTokensTiny = 16;
 constexpr int kMaxSteps = 1000;
 // Latent frames assumed for a rollout's latent buffers in the per-rollout estimate (60 s).
 constexpr int64_t kNominalLatentFrames = 121;
@@ -139,9 +149,38 @@ absl::StatusOr<SanaConfig> ParsePreset(const std::string& preset) {
   });
 }
 
-// Rough device bytes of one streaming rollout (spec §4.3, §8): the streaming cache, the
-// activations of one chunk forward, and the rollout's latent buffers.
-uint64_t EstimateRolloutBytes(const SanaConfig& cfg, c10::ScalarType dtype) {
+// The LTX-2 components at the Stage-1 preset's scale: "tiny" -> the tiny VAE and refiner (the
+// golden configs), "sana-wm-2.6b" -> LTX-2.0 (ltx2-spec §1.1, §2.1). No refiner with
+// refiner_weights "none".
+struct Ltx2Configs {
+  ltx2::VaeConfig vae;
+  std::optional<ltx2::TransformerConfig> refiner;
+};
+
+absl::StatusOr<Ltx2Configs> Ltx2ConfigsFor(const SanaWmConfig& config) {
+  absl::StatusOr<SanaConfig> cfg = ParsePreset(config.preset);
+  if (!cfg.ok()) return cfg.status();
+  const std::string preset = cfg->name == "tiny" ? "tiny" : "ltx2";
+  return CatchSana("ltx2 presets", [&]() -> absl::StatusOr<Ltx2Configs> {
+    Ltx2Configs out{ltx2::VaeConfig::Preset(preset), std::nullopt};
+    if (out.vae.latent_channels != cfg->in_channels ||
+        out.vae.spatial_compression_ratio != cfg->vae_spatial_stride) {
+      return absl::InternalError(absl::StrCat(
+          "preset ", config.preset, ": the VAE (", out.vae.latent_channels, " channels, x",
+          out.vae.spatial_compression_ratio, ") does not match Stage-1 (", cfg->in_channels,
+          " channels, x", cfg->vae_spatial_stride, ")"));
+    }
+    if (config.refiner_weights != "none") out.refiner = ltx2::TransformerConfig::Preset(preset);
+    return out;
+  });
+}
+
+// Rough device bytes of one streaming rollout (spec §4.3, §8; ltx2-spec §1.8, §2.10): the
+// Stage-1 streaming cache and one chunk forward's activations, the refiner's K/V workspace and
+// one block forward's activations, and two causal VAE decoder caches (FINAL and PREVIEW) plus one
+// decode pass's activations. The worst case (refine and preview on) is what placement reserves.
+uint64_t EstimateRolloutBytes(const SanaConfig& cfg, const ltx2::VaeConfig& vae_cfg,
+                              const ltx2::TransformerConfig* refiner_cfg, c10::ScalarType dtype) {
   const uint64_t e = c10::elementSize(dtype);
   const uint64_t s = static_cast<uint64_t>(cfg.tokens_per_frame());
   const uint64_t c = static_cast<uint64_t>(cfg.hidden_size);
@@ -168,32 +207,37 @@ uint64_t EstimateRolloutBytes(const SanaConfig& cfg, c10::ScalarType dtype) {
   // Noise / latents (float32) of a nominal 60-s rollout.
   const uint64_t latents = static_cast<uint64_t>(kNominalLatentFrames) * s *
                            static_cast<uint64_t>(cfg.in_channels) * 4 * 2;
-  return gdn + ffn + softmax + activations + latents;
+  // Causal VAE decoders: the per-layer frame cache (x2: FINAL and PREVIEW), and one pass over a
+  // latent frame at the last stage (8 frames of 48 channels at a quarter of the pixel size, a
+  // few such tensors live at once).
+  const uint64_t decoder_cache = 2 * static_cast<uint64_t>(ltx2::VideoVae::StreamingCacheElements(
+                                         vae_cfg, 1, cfg.latent_height(), cfg.latent_width())) * e;
+  const uint64_t decode_pass =
+      4 * 8 * 48 * static_cast<uint64_t>(cfg.pixel_height / 4) * (cfg.pixel_width / 4) * e;
+  uint64_t refiner = 0;
+  if (refiner_cfg != nullptr) {
+    // RefinerChunkRunner: per layer K and V over [sink | history | block] frames.
+    const ltx2::RefinerOptions options;
+    const uint64_t frames = static_cast<uint64_t>(options.kv_max_frames + options.block_size);
+    const uint64_t width = static_cast<uint64_t>(refiner_cfg->inner_dim());
+    refiner = static_cast<uint64_t>(refiner_cfg->num_layers) * 2 * frames * s * width * e;
+    // One block forward: 3 frames of tokens through the 4x FFN and a dozen D-wide temporaries.
+    refiner += static_cast<uint64_t>(options.block_size) * s * (4 * width + 12 * width) * e;
+  }
+  return gdn + ffn + softmax + activations + latents + decoder_cache + decode_pass + refiner;
 }
 
-// --- stand-in encoder / preview decoder ------------------------------------------------------
+// --- prompts ------------------------------------------------------------------------------
 
-// The preview projection (3, C): N(0, 1/C) from a fixed seed, drawn on the CPU in float64 so it
-// is the same everywhere.
-at::Tensor PreviewProjection(int64_t channels) {
+// A built-in placeholder prompt: (length, channels) N(0, 1) from a fixed seed, drawn on the CPU
+// so it is the same on every worker.
+at::Tensor PlaceholderPrompt(int64_t length, int64_t channels, uint64_t seed) {
   at::Generator gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU)).clone();
   {
     std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(kPreviewSeed);
+    gen.set_current_seed(seed);
   }
-  at::Tensor p = at::empty({3, channels}, at::TensorOptions().dtype(at::kDouble));
-  p.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(channels)), gen);
-  return p;
-}
-
-// The built-in placeholder prompt: (L, Ccap) N(0, 1) from a fixed seed.
-at::Tensor DefaultPromptEmbedding(const SanaConfig& cfg) {
-  at::Generator gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU)).clone();
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(kDefaultPromptSeed);
-  }
-  at::Tensor y = at::empty({cfg.model_max_length, cfg.caption_channels}, at::kFloat);
+  at::Tensor y = at::empty({length, channels}, at::kFloat);
   y.normal_(0.0, 1.0, gen);
   return y;
 }
@@ -221,7 +265,16 @@ struct SanaOptions {
   int steps = sana::kBidirectionalSteps;
   double cfg = sana::kBidirectionalCfgScale;
   std::string prompt = kDefaultPrompt;
+  std::optional<bool> refine;  // unset: on when the worker has a refiner
+  bool preview = false;
 };
+
+// "on"/"true"/"1" or "off"/"false"/"0".
+std::optional<bool> ParseSwitch(const std::string& value) {
+  if (value == "on" || value == "true" || value == "1") return true;
+  if (value == "off" || value == "false" || value == "0") return false;
+  return std::nullopt;
+}
 
 absl::StatusOr<SanaOptions> ParseOptions(const std::map<std::string, std::string>& options,
                                          RolloutMode default_mode) {
@@ -250,6 +303,17 @@ absl::StatusOr<SanaOptions> ParseOptions(const std::map<std::string, std::string
       }
       parsed.cfg = cfg;
       has_cfg = true;
+    } else if (key == "refine" || key == "preview") {
+      const std::optional<bool> on = ParseSwitch(value);
+      if (!on) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model_options.", key, ": must be on or off (got \"", value, "\")"));
+      }
+      if (key == "refine") {
+        parsed.refine = *on;
+      } else {
+        parsed.preview = *on;
+      }
     } else if (key == "prompt") {
       if (value.empty()) {
         return absl::InvalidArgumentError("model_options.prompt: must name a prompt embedding");
@@ -293,161 +357,171 @@ absl::Status ValidateSpec(const RolloutSpec& spec, const ModelDescriptor& descri
   return absl::OkStatus();
 }
 
-class NullControl final : public RolloutControl {
- public:
-  bool cancelled() const override { return false; }
-  void OnStep(ModelStage, int, int) override {}
-  void AddStageTime(ModelStage, absl::Duration) override {}
-};
-
-// What a rollout shares with its model (immutable after load).
+// What a rollout shares with its model (immutable after load, except the internally
+// synchronised batcher).
 struct SanaShared {
   SanaConfig config;
   c10::Device device = c10::Device(c10::kCPU);
   std::unique_ptr<SanaTransformer> transformer;
-  at::Tensor preview;         // (3, C) float32 on the device: latent -> RGB in [-1, 1]
-  at::Tensor preview_pinv;    // (C, 3) float32 on the device: RGB -> latent
   std::map<std::string, PromptEmbedding> prompts;  // includes "default"
   PromptEmbedding uncond;
   int pixel_width = 0, pixel_height = 0;
   // Runs the streaming rollouts' Stage-1 chunks, co-batched (internally synchronised).
   std::shared_ptr<sana::StreamingBatcher> batcher;
+  // LTX-2 VAE (image encode, causal decode) and refiner (null when the worker runs without it),
+  // loaded once and shared read-only by every rollout.
+  std::shared_ptr<const ltx2::VideoVae> vae;
+  std::shared_ptr<const ltx2::Ltx2Transformer> refiner;
+  ltx2::RefinerOptions refiner_options;
+  // Refiner prompt contexts by name (caption projection and per-layer text K/V computed once per
+  // prompt at load; includes "default").
+  std::map<std::string, ltx2::Ltx2TextContext> refiner_prompts;
 };
 
 // --- rollout ---------------------------------------------------------------------------------
 
-// Pixel frames emitted per chunk after the first: 3 latent frames.
-int PixelFramesPerChunk(const SanaConfig& cfg) { return cfg.chunk_size * cfg.vae_temporal_stride; }
+// Stage-1 latent frames of a rollout of `pixel_frames` frames (8k + 1 -> k + 1).
+int64_t LatentFrames(const SanaConfig& cfg, int pixel_frames) {
+  return (pixel_frames - 1) / cfg.vae_temporal_stride + 1;
+}
 
 class SanaRollout final : public ModelRollout {
  public:
+  // `control` outlives the rollout (the runner owns both); the pipeline's threads report to it.
   SanaRollout(std::shared_ptr<const SanaShared> shared, RolloutMode mode, int num_frames,
-              sana::RolloutInputs inputs, int steps, double cfg)
-      : shared_(std::move(shared)), mode_(mode), num_frames_(num_frames) {
-    if (mode_ == RolloutMode::kStreaming) {
+              sana::RolloutInputs inputs, int steps, double cfg, bool refine, bool preview,
+              const ltx2::Ltx2TextContext* refiner_text, RolloutControl& control)
+      : shared_(std::move(shared)),
+        control_(control),
+        latent_frames_(LatentFrames(shared_->config, num_frames)),
+        refine_(refine),
+        preview_(preview),
+        refiner_text_(refiner_text) {
+    if (mode == RolloutMode::kStreaming) {
       streaming_ = std::make_unique<sana::StreamingRollout>(*shared_->transformer,
                                                             std::move(inputs));
       batch_membership_ = shared_->batcher->Join();
     } else {
-      bidirectional_ =
-          std::make_unique<sana::BidirectionalRollout>(*shared_->transformer, std::move(inputs),
-                                                       steps, cfg);
+      bidirectional_ = std::make_unique<sana::BidirectionalRollout>(
+          *shared_->transformer, std::move(inputs), steps, cfg);
     }
+    pipeline::PipelineModels models;
+    models.vae = shared_->vae;
+    if (refine_) {
+      models.refiner = shared_->refiner;
+      models.refiner_text = *refiner_text;
+      models.refiner_options = shared_->refiner_options;
+    }
+    pipeline::PipelineOptions options;
+    options.refine = refine_;
+    options.preview = preview_;
+    pipeline::PipelineCallbacks callbacks;
+    callbacks.on_refiner_step = [this](int step, int total) {
+      control_.OnStep(ModelStage::kRefiner, step, total);
+      return !control_.cancelled();
+    };
+    callbacks.on_stage_time = [this](pipeline::Stage stage, double seconds) {
+      control_.AddStageTime(stage == pipeline::Stage::kRefiner ? ModelStage::kRefiner
+                                                               : ModelStage::kDecode,
+                            absl::Seconds(seconds));
+    };
+    pipeline_ = std::make_unique<pipeline::StreamingPipeline>(
+        std::move(models), [this] { return NextLatents(); }, options, std::move(callbacks));
+  }
+
+  ~SanaRollout() override {
+    // Stop the pipeline's threads before the state their source reads goes away.
+    pipeline_.reset();
   }
 
   absl::StatusOr<std::optional<FrameChunk>> NextChunk(RolloutControl& control) override {
     if (!failure_.ok()) return failure_;
+    if (control.cancelled()) return absl::CancelledError("rollout cancelled");
     absl::StatusOr<std::optional<FrameChunk>> chunk =
-        CatchSana("next chunk", [&] { return NextChunkOrThrow(control); });
+        CatchSana("next chunk", [&]() -> absl::StatusOr<std::optional<FrameChunk>> {
+          std::optional<pipeline::PipelineOutput> out = pipeline_->Next();
+          if (!out) return std::nullopt;
+          FrameChunk c;
+          c.kind = out->kind == pipeline::OutputKind::kPreview ? ChunkKind::kPreview
+                                                              : ChunkKind::kFinal;
+          c.first_frame = static_cast<int>(out->first_frame);
+          c.frame_count = static_cast<int>(out->frames.size(0));
+          c.height = static_cast<int>(out->frames.size(1));
+          c.width = static_cast<int>(out->frames.size(2));
+          const uint8_t* data = out->frames.data_ptr<uint8_t>();
+          c.rgb.assign(data, data + out->frames.numel());
+          return c;
+        });
     // A rollout that threw (cancel included) must not be resumed.
     if (!chunk.ok()) failure_ = chunk.status();
     return chunk;
   }
 
+  int output_frames() const override {
+    return static_cast<int>(pipeline::StreamingPipeline::FinalFrames(latent_frames_, refine_));
+  }
+  bool emits_previews() const override { return preview_; }
+
  private:
-  absl::StatusOr<std::optional<FrameChunk>> NextChunkOrThrow(RolloutControl& control);
-  // Generates latents until `latent_rgb_` covers pixel frames [0, pixel_end).
-  void GenerateThrough(int pixel_end, RolloutControl& control);
-  // Appends the preview RGB (latent resolution) of latents (1, C, t, H, W).
-  void AppendLatents(const at::Tensor& latents);
-  // Decodes pixel frames [first, first + count) into `out` (count, H, W, 3) uint8, host.
-  absl::Status Decode(int first, int count, const at::Tensor& out, RolloutControl& control) const;
+  // The pipeline's latent source (its producer thread): the next Stage-1 chunk.
+  std::optional<pipeline::LatentChunk> NextLatents();
 
   const std::shared_ptr<const SanaShared> shared_;
-  const RolloutMode mode_;
-  const int num_frames_;
+  RolloutControl& control_;
+  const int64_t latent_frames_;
+  const bool refine_, preview_;
+  const ltx2::Ltx2TextContext* const refiner_text_;  // in SanaShared; null without refining
   std::unique_ptr<sana::StreamingRollout> streaming_;
   // While alive, the batcher expects this rollout back at every chunk boundary.
   std::unique_ptr<sana::StreamingBatcher::Membership> batch_membership_;
   std::unique_ptr<sana::BidirectionalRollout> bidirectional_;
-  std::vector<at::Tensor> latent_rgb_;  // per latent frame: (3, H_lat, W_lat) float32, device
-  int next_frame_ = 0;                  // next pixel frame to emit
+  // Bidirectional: the whole clip's Stage-1 (and refined) latents, handed out chunk by chunk.
+  at::Tensor clip_, refined_clip_;
+  int64_t next_latent_ = 0;
+  std::unique_ptr<pipeline::StreamingPipeline> pipeline_;  // last: its threads use the above
   absl::Status failure_;
 };
 
-void SanaRollout::AppendLatents(const at::Tensor& latents) {
-  // (1, C, t, H, W) -> (t, H, W, C) @ (C, 3) -> (t, 3, H, W).
-  const at::Tensor frames = latents.select(0, 0).to(at::kFloat).permute({1, 2, 3, 0});
-  const at::Tensor rgb =
-      at::matmul(frames, shared_->preview.t()).permute({0, 3, 1, 2}).contiguous();
-  for (int64_t i = 0; i < rgb.size(0); ++i) latent_rgb_.push_back(rgb.select(0, i));
-}
-
-void SanaRollout::GenerateThrough(int pixel_end, RolloutControl& control) {
-  const int stride = shared_->config.vae_temporal_stride;
-  // Pixel frame p needs latent frame ceil(p / stride).
-  const size_t latents_needed = static_cast<size_t>((pixel_end - 1 + stride - 1) / stride + 1);
-  if (latent_rgb_.size() >= latents_needed) return;
-  StageTimer timer(control, ModelStage::kBackbone);
-  const sana::StepCallback on_step = [&control](int step, int total_steps) {
-    control.OnStep(ModelStage::kBackbone, step, total_steps);
-    return !control.cancelled();
+std::optional<pipeline::LatentChunk> SanaRollout::NextLatents() {
+  const sana::StepCallback on_step = [this](int step, int total_steps) {
+    control_.OnStep(ModelStage::kBackbone, step, total_steps);
+    return !control_.cancelled();
   };
-  if (mode_ == RolloutMode::kBidirectional) {
-    AppendLatents(bidirectional_->Run(on_step));
-    return;
+  if (streaming_) {
+    if (streaming_->done()) return std::nullopt;
+    StageTimer timer(control_, ModelStage::kBackbone);
+    const std::function<bool()> cancelled = [this] { return control_.cancelled(); };
+    at::Tensor latents = shared_->batcher->NextChunk(*streaming_, on_step, cancelled);
+    // The last chunk is done: stop holding batch-mates back at chunk boundaries.
+    if (streaming_->done()) batch_membership_.reset();
+    return pipeline::LatentChunk{std::move(latents), {}};
   }
-  const std::function<bool()> cancelled = [&control] { return control.cancelled(); };
-  while (latent_rgb_.size() < latents_needed) {
-    AppendLatents(shared_->batcher->NextChunk(*streaming_, on_step, cancelled));
-  }
-  // The last chunk is done: stop holding batch-mates back at chunk boundaries.
-  if (streaming_->done()) batch_membership_.reset();
-}
-
-absl::Status SanaRollout::Decode(int first, int count, const at::Tensor& out,
-                                 RolloutControl& control) const {
-  StageTimer timer(control, ModelStage::kDecode);
-  const int stride = shared_->config.vae_temporal_stride;
-  // Batches of up to one latent frame's worth of pixel frames bound the float temporaries.
-  for (int done = 0; done < count;) {
-    if (control.cancelled()) return absl::CancelledError("rollout cancelled");
-    const int batch = std::min(stride, count - done);
-    std::vector<at::Tensor> frames;
-    frames.reserve(batch);
-    for (int i = 0; i < batch; ++i) {
-      const int p = first + done + i;
-      if (p == 0) {
-        frames.push_back(latent_rgb_[0]);
-        continue;
-      }
-      // Causal layout: latent k covers pixel frames stride*(k-1)+1 .. stride*k.
-      const int k = (p + stride - 1) / stride;
-      const double w = static_cast<double>(p - stride * (k - 1)) / stride;
-      frames.push_back(latent_rgb_[k - 1].mul(1.0 - w).add(latent_rgb_[k], w));
+  // Bidirectional: nothing exists until every step is done; then the clip (refined offline in
+  // one sequence, sana-wm-spec §5.2) is decoded in the streaming layout 1 + 3, 3, ... frames.
+  if (!clip_.defined()) {
+    {
+      StageTimer timer(control_, ModelStage::kBackbone);
+      clip_ = bidirectional_->Run(on_step);
     }
-    const at::Tensor small = at::stack(frames);  // (b, 3, H_lat, W_lat)
-    const at::Tensor full =
-        at::upsample_bilinear2d(small, {shared_->pixel_height, shared_->pixel_width},
-                                /*align_corners=*/false);
-    // [-1, 1] -> [0, 255], rounded; NCHW -> NHWC.
-    const at::Tensor bytes =
-        full.clamp(-1.0, 1.0).mul(127.5).add(127.5).round().to(at::kByte).permute({0, 2, 3, 1});
-    out.narrow(0, done, batch).copy_(bytes);
-    control.OnStep(ModelStage::kDecode, first + done + batch - 1, num_frames_);
-    done += batch;
+    if (refine_) {
+      StageTimer timer(control_, ModelStage::kRefiner);
+      const int total = shared_->refiner_options.steps();
+      refined_clip_ = ltx2::RefineOffline(
+          *shared_->refiner, clip_, *refiner_text_, shared_->refiner_options,
+          [this, total](int step) {
+            control_.OnStep(ModelStage::kRefiner, step, total);
+            return !control_.cancelled();
+          });
+    }
   }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::optional<FrameChunk>> SanaRollout::NextChunkOrThrow(RolloutControl& control) {
-  if (next_frame_ >= num_frames_) return std::nullopt;
-  if (control.cancelled()) return absl::CancelledError("rollout cancelled");
-  c10::InferenceMode inference;
-  const int per_chunk = PixelFramesPerChunk(shared_->config);
-  const int count = std::min(next_frame_ == 0 ? per_chunk + 1 : per_chunk,
-                             num_frames_ - next_frame_);
-  GenerateThrough(next_frame_ + count, control);
-  FrameChunk chunk;
-  chunk.first_frame = next_frame_;
-  chunk.frame_count = count;
-  chunk.width = shared_->pixel_width;
-  chunk.height = shared_->pixel_height;
-  chunk.rgb.resize(static_cast<size_t>(count) * chunk.height * chunk.width * 3);
-  const at::Tensor out =
-      at::from_blob(chunk.rgb.data(), {count, chunk.height, chunk.width, 3}, at::kByte);
-  if (absl::Status s = Decode(next_frame_, count, out, control); !s.ok()) return s;
-  next_frame_ += count;
+  const int64_t frames = clip_.size(2);
+  if (next_latent_ >= frames) return std::nullopt;
+  const int64_t count =
+      std::min<int64_t>(next_latent_ == 0 ? 1 + shared_->config.chunk_size : shared_->config.chunk_size,
+                        frames - next_latent_);
+  pipeline::LatentChunk chunk{clip_.narrow(2, next_latent_, count), {}};
+  if (refined_clip_.defined()) chunk.refined = refined_clip_.narrow(2, next_latent_, count);
+  next_latent_ += count;
   return chunk;
 }
 
@@ -473,7 +547,9 @@ class SanaWmModel final : public Model {
  private:
   absl::Status WarmUpOrThrow() const;
   std::unique_ptr<ModelRollout> Encode(const RolloutSpec& spec, const SanaOptions& options,
-                                       const PromptEmbedding& prompt) const;
+                                       const PromptEmbedding& prompt,
+                                       const ltx2::Ltx2TextContext* refiner_text,
+                                       RolloutControl& control) const;
 
   const std::shared_ptr<const SanaShared> shared_;
   const ModelDescriptor descriptor_;
@@ -502,10 +578,33 @@ absl::StatusOr<std::unique_ptr<ModelRollout>> SanaWmModel::StartRollout(
                                                    options->prompt, "\" (available: ",
                                                    absl::StrJoin(names, ", "), ")"));
   }
+  const bool refine = options->refine.value_or(shared_->refiner != nullptr);
+  if (refine && shared_->refiner == nullptr) {
+    return absl::InvalidArgumentError(
+        "model_options.refine: this worker runs sana-wm without the refiner (--refiner-weights "
+        "none)");
+  }
+  if (options->preview && !refine) {
+    return absl::InvalidArgumentError(
+        "model_options.preview: needs refine=on (without the refiner the preview would be the "
+        "final video)");
+  }
+  const ltx2::Ltx2TextContext* refiner_text = nullptr;
+  if (refine) {
+    const auto it = shared_->refiner_prompts.find(options->prompt);
+    if (it == shared_->refiner_prompts.end()) {
+      std::vector<std::string> names;
+      for (const auto& [name, unused] : shared_->refiner_prompts) names.push_back(name);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model_options.prompt: no refiner prompt embedding \"", options->prompt,
+          "\" (available: ", absl::StrJoin(names, ", "), "; or refine=off)"));
+    }
+    refiner_text = &it->second;
+  }
   StageTimer timer(control, ModelStage::kImageEncode);
   absl::StatusOr<std::unique_ptr<ModelRollout>> rollout =
       CatchSana("image encode", [&]() -> absl::StatusOr<std::unique_ptr<ModelRollout>> {
-        return Encode(spec, *options, prompt->second);
+        return Encode(spec, *options, prompt->second, refiner_text, control);
       });
   if (rollout.ok()) control.OnStep(ModelStage::kImageEncode, 0, 1);
   return rollout;
@@ -513,7 +612,9 @@ absl::StatusOr<std::unique_ptr<ModelRollout>> SanaWmModel::StartRollout(
 
 std::unique_ptr<ModelRollout> SanaWmModel::Encode(const RolloutSpec& spec,
                                                   const SanaOptions& options,
-                                                  const PromptEmbedding& prompt) const {
+                                                  const PromptEmbedding& prompt,
+                                                  const ltx2::Ltx2TextContext* refiner_text,
+                                                  RolloutControl& control) const {
   c10::InferenceMode inference;
   const SanaShared& s = *shared_;
   const SanaConfig& cfg = s.config;
@@ -534,7 +635,8 @@ std::unique_ptr<ModelRollout> SanaWmModel::Encode(const RolloutSpec& spec,
   const sana::CameraTensors camera =
       sana::PrepareCamera(poses, intrinsics, sana::CameraGeometry::FromConfig(cfg));
 
-  // Stand-in image encoder: resize + centre crop, average-pool to the latent grid, RGB -> C.
+  // The LTX-2 VAE encoder on the image resized + centre-cropped to the native size (the same
+  // plan the intrinsics followed), in [-1, 1]: latent frame 0 (sana-wm-spec §2).
   const at::Tensor image =
       at::from_blob(const_cast<uint8_t*>(spec.image.pixels.data()),
                     {spec.image.height, spec.image.width, 3}, at::kByte)
@@ -549,14 +651,7 @@ std::unique_ptr<ModelRollout> SanaWmModel::Encode(const RolloutSpec& spec,
                               /*align_corners=*/false);
   const at::Tensor cropped = resized.narrow(2, plan.crop_top, s.pixel_height)
                                  .narrow(3, plan.crop_left, s.pixel_width);
-  const at::Tensor pooled =
-      at::adaptive_avg_pool2d(cropped, {cfg.latent_height(), cfg.latent_width()});  // (1,3,h,w)
-  const at::Tensor latent =
-      at::matmul(pooled.select(0, 0).permute({1, 2, 0}), s.preview_pinv.t())  // (h, w, C)
-          .permute({2, 0, 1})
-          .unsqueeze(0)
-          .unsqueeze(2)
-          .contiguous();  // (1, C, 1, h, w)
+  const at::Tensor latent = s.vae->Encode(cropped.unsqueeze(2)).contiguous();  // (1, C, 1, h, w)
 
   sana::RolloutInputs inputs;
   inputs.first_latent = latent;
@@ -570,8 +665,10 @@ std::unique_ptr<ModelRollout> SanaWmModel::Encode(const RolloutSpec& spec,
   inputs.uncond_text = uncond.text;
   inputs.uncond_mask = uncond.mask;
   inputs.seed = spec.seed;
+  const bool refine = refiner_text != nullptr;
   return std::make_unique<SanaRollout>(shared_, options.mode, frames, std::move(inputs),
-                                       options.steps, options.cfg);
+                                       options.steps, options.cfg, refine, options.preview,
+                                       refiner_text, control);
 }
 
 absl::Status SanaWmModel::WarmUpOrThrow() const {
@@ -594,13 +691,28 @@ absl::Status SanaWmModel::WarmUpOrThrow() const {
   if (!at::isfinite(v).all().item<bool>()) {
     return absl::InternalError("sana-wm warm-up: the forward produced non-finite values");
   }
+  // The VAE: decode one latent frame (2x2 latents: reflect padding needs >= 2).
+  const at::Tensor z = at::zeros({1, cfg.in_channels, 1, 2, 2}, f32);
+  if (!at::isfinite(s.vae->DecodeCausal(z)).all().item<bool>()) {
+    return absl::InternalError("sana-wm warm-up: the VAE decode produced non-finite values");
+  }
+  // The refiner: one offline refinement of a sink + 1 frame at 2x2 latents.
+  if (s.refiner) {
+    const at::Tensor refined = ltx2::RefineOffline(
+        *s.refiner, at::zeros({1, cfg.in_channels, 2, 2, 2}, f32),
+        s.refiner_prompts.at(kDefaultPrompt), s.refiner_options);
+    if (!at::isfinite(refined.to(at::kFloat)).all().item<bool>()) {
+      return absl::InternalError("sana-wm warm-up: the refiner produced non-finite values");
+    }
+  }
   return absl::OkStatus();
 }
 
-// Reads prompt embeddings (see SanaWmConfig::prompt_embeddings) into `prompts` / `uncond`.
-void LoadPromptEmbeddings(const std::string& path, const SanaConfig& cfg, c10::Device device,
+// Reads prompt embeddings (see SanaWmConfig::prompt_embeddings) of `channels` features into
+// `prompts`; the entry "uncond" goes to `uncond` when given (Stage-1's CFG embedding).
+void LoadPromptEmbeddings(const std::string& path, int64_t channels, c10::Device device,
                           std::map<std::string, PromptEmbedding>& prompts,
-                          PromptEmbedding& uncond) {
+                          PromptEmbedding* uncond) {
   const sana::SafetensorsFile file = sana::SafetensorsFile::Open(path);
   for (const std::string& name : file.names()) {
     if (absl::EndsWith(name, kMaskSuffix)) {
@@ -613,10 +725,10 @@ void LoadPromptEmbeddings(const std::string& path, const SanaConfig& cfg, c10::D
     }
     at::Tensor text = file.Load(name, at::kFloat);
     if (text.dim() == 3 && text.size(0) == 1) text = text.select(0, 0);
-    if (text.dim() != 2 || text.size(0) < 1 || text.size(1) != cfg.caption_channels) {
+    if (text.dim() != 2 || text.size(0) < 1 || text.size(1) != channels) {
       throw sana::ConfigError(path + ": prompt embedding \"" + name + "\" has shape " +
                               sana::ShapeString(text.sizes().vec()) + ", expected [L, " +
-                              std::to_string(cfg.caption_channels) + "]");
+                              std::to_string(channels) + "]");
     }
     const int64_t length = text.size(0);
     at::Tensor mask = at::ones({length}, at::kLong);
@@ -628,10 +740,10 @@ void LoadPromptEmbeddings(const std::string& path, const SanaConfig& cfg, c10::D
                                 std::to_string(length));
       }
     }
-    PromptEmbedding embedding{text.view({1, 1, length, cfg.caption_channels}).to(device),
+    PromptEmbedding embedding{text.view({1, 1, length, channels}).to(device),
                               mask.view({1, length}).to(device)};
-    if (name == kUncondPrompt) {
-      uncond = std::move(embedding);
+    if (uncond != nullptr && name == kUncondPrompt) {
+      *uncond = std::move(embedding);
     } else {
       prompts[name] = std::move(embedding);
     }
@@ -672,13 +784,11 @@ absl::StatusOr<std::unique_ptr<Model>> CreateOrThrow(const SanaWmConfig& config,
   batching.max_gather = std::chrono::milliseconds(config.batch_gather_max_ms);
   batching.on_batch = config.on_batch;
   shared->batcher = std::make_shared<sana::StreamingBatcher>(std::move(batching));
-  const at::Tensor preview = PreviewProjection(cfg->in_channels);
-  shared->preview = preview.to(at::kFloat).to(*device);
-  shared->preview_pinv = at::linalg_pinv(preview).to(at::kFloat).to(*device);
-
   const int64_t length = cfg->model_max_length;
   shared->prompts[kDefaultPrompt] = {
-      DefaultPromptEmbedding(*cfg).view({1, 1, length, cfg->caption_channels}).to(*device),
+      PlaceholderPrompt(length, cfg->caption_channels, kDefaultPromptSeed)
+          .view({1, 1, length, cfg->caption_channels})
+          .to(*device),
       at::ones({1, length}, at::TensorOptions().dtype(at::kLong).device(*device))};
   shared->uncond = {
       at::zeros({1, 1, length, cfg->caption_channels},
@@ -686,11 +796,62 @@ absl::StatusOr<std::unique_ptr<Model>> CreateOrThrow(const SanaWmConfig& config,
       at::ones({1, length}, at::TensorOptions().dtype(at::kLong).device(*device))};
   if (!config.prompt_embeddings.empty()) {
     try {
-      LoadPromptEmbeddings(config.prompt_embeddings, *cfg, *device, shared->prompts,
-                           shared->uncond);
+      LoadPromptEmbeddings(config.prompt_embeddings, cfg->caption_channels, *device,
+                           shared->prompts, &shared->uncond);
     } catch (const sana::SafetensorsError& e) {
       return absl::InvalidArgumentError(absl::StrCat("prompt embeddings: ", e.what()));
     }
+  }
+
+  // LTX-2 VAE, at the preset's scale.
+  absl::StatusOr<Ltx2Configs> ltx2_configs = Ltx2ConfigsFor(config);
+  if (!ltx2_configs.ok()) return ltx2_configs.status();
+  auto vae = std::make_shared<ltx2::VideoVae>(ltx2_configs->vae, *dtype, *device);
+  if (config.vae_weights == "dummy") {
+    vae->InitDummyWeights(config.dummy_seed);
+  } else {
+    try {
+      vae->LoadWeights(sana::SafetensorsFile::Open(config.vae_weights));
+    } catch (const sana::SafetensorsError& e) {
+      return absl::InvalidArgumentError(absl::StrCat("vae_weights: ", e.what()));
+    }
+  }
+  shared->vae = std::move(vae);
+
+  // LTX-2 refiner and its prompt contexts (computed once per prompt).
+  if (ltx2_configs->refiner) {
+    auto refiner = std::make_shared<ltx2::Ltx2Transformer>(*ltx2_configs->refiner);
+    if (config.refiner_weights == "dummy") {
+      refiner->InitDummyWeights(config.dummy_seed, *dtype, *device);
+    } else {
+      try {
+        refiner->LoadWeights(sana::SafetensorsFile::Open(config.refiner_weights), *dtype, *device);
+      } catch (const sana::SafetensorsError& e) {
+        return absl::InvalidArgumentError(absl::StrCat("refiner_weights: ", e.what()));
+      }
+    }
+    const int64_t channels = ltx2_configs->refiner->caption_channels;
+    std::map<std::string, PromptEmbedding> prompts;
+    const int64_t tokens =
+        cfg->name == "tiny" ? kRefinerPromptTokensTiny : kRefinerPromptTokensFull;
+    prompts[kDefaultPrompt] = {
+        PlaceholderPrompt(tokens, channels, kDefaultRefinerPromptSeed)
+            .view({1, 1, tokens, channels})
+            .to(*device),
+        at::ones({1, tokens}, at::TensorOptions().dtype(at::kLong).device(*device))};
+    if (!config.refiner_prompt_embeddings.empty()) {
+      try {
+        LoadPromptEmbeddings(config.refiner_prompt_embeddings, channels, *device, prompts,
+                             /*uncond=*/nullptr);
+      } catch (const sana::SafetensorsError& e) {
+        return absl::InvalidArgumentError(absl::StrCat("refiner prompt embeddings: ", e.what()));
+      }
+    }
+    for (const auto& [name, prompt] : prompts) {
+      shared->refiner_prompts[name] =
+          refiner->PrepareText(prompt.text.select(1, 0), prompt.mask, /*cache_kv=*/true);
+    }
+    shared->refiner = std::move(refiner);
   }
   return std::make_unique<SanaWmModel>(std::move(shared), std::move(descriptor), *mode);
 }
@@ -716,13 +877,29 @@ absl::StatusOr<ModelDescriptor> DescribeSanaWm(const SanaWmConfig& config) {
         config.max_batch, ", ", config.batch_gather_fraction, ", ", config.batch_gather_max_ms,
         ")"));
   }
+  if (config.vae_weights.empty() || config.refiner_weights.empty()) {
+    return absl::InvalidArgumentError(
+        "vae_weights / refiner_weights: \"dummy\" or a safetensors path (refiner: or \"none\")");
+  }
+  absl::StatusOr<Ltx2Configs> ltx2_configs = Ltx2ConfigsFor(config);
+  if (!ltx2_configs.ok()) return ltx2_configs.status();
+  const uint64_t element = c10::elementSize(*dtype);
   ModelDescriptor descriptor;
   descriptor.name = kModelName;
   descriptor.preset = config.preset;
   descriptor.native_width = cfg->pixel_width;
   descriptor.native_height = cfg->pixel_height;
-  descriptor.weights_bytes = sana::WeightBytes(*cfg, *dtype);
-  descriptor.rollout_state_bytes = EstimateRolloutBytes(*cfg, *dtype);
+  descriptor.weights_bytes =
+      sana::WeightBytes(*cfg, *dtype) +
+      static_cast<uint64_t>(ltx2::VideoVae::ParameterCount(ltx2_configs->vae)) * element;
+  if (ltx2_configs->refiner) {
+    descriptor.weights_bytes +=
+        static_cast<uint64_t>(ltx2::Ltx2Transformer::ParameterCount(*ltx2_configs->refiner)) *
+        element;
+  }
+  descriptor.rollout_state_bytes =
+      EstimateRolloutBytes(*cfg, ltx2_configs->vae,
+                           ltx2_configs->refiner ? &*ltx2_configs->refiner : nullptr, *dtype);
   // Co-batching applies to streaming rollouts; bidirectional ones always run alone.
   descriptor.max_batch = *mode == RolloutMode::kStreaming ? config.max_batch : 1;
   return descriptor;

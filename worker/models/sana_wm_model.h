@@ -1,35 +1,34 @@
-// `sana-wm`: the SANA-WM Stage-1 world model (worker/models/sana/) behind the Model interface.
+// `sana-wm`: the SANA-WM pipeline behind the Model interface.
 //
-// Serves the LibTorch port of the Stage-1 DiT with its two samplers (worker/models/sana/
-// rollout.h): "streaming" (default: the distilled chunk-causal model, 4 Euler steps + 1 KV-save
-// forward per chunk of 3 latent frames, no CFG; 24k+1 frames) and "bidirectional" (60-step
-// flow-matching Euler with CFG over the whole clip; 8k+1 frames; nothing is emitted until every
-// step is done).
+//   image -> LTX-2 VAE encoder (latent frame 0) -> Stage-1 DiT (worker/models/sana/) ->
+//   LTX-2 refiner (worker/models/ltx2/refiner.h) -> causal LTX-2 VAE decode -> uint8 frames
 //
-// What is NOT the real model yet (each a documented stand-in until its own issue lands):
-//   * Image encoder: no LTX-2 VAE. Latent frame 0 is the first image resized + centre-cropped to
-//     the native size (camera.h PlanResizeCenterCrop geometry), average-pooled by the VAE's
-//     spatial stride to the latent grid, and mapped RGB -> latent channels with the
-//     pseudo-inverse of the preview projection below, so preview(encode(image)) is a blurred
-//     image.
-//   * Decoder: a latent preview, not the VAE decode. A fixed linear latent -> RGB projection (a
-//     3 x C matrix, N(0, 1/C) from a fixed seed, the same for every worker), bilinear upsampling
-//     by the VAE's spatial stride, and the VAE's causal temporal layout: latent frame 0 -> pixel
-//     frame 0, latent frame k >= 1 -> pixel frames 8(k-1)+1 .. 8k, linearly interpolated from
-//     latent frame k-1 to k (pixel frame 8k is exactly latent frame k).
-//   * Text encoder: not ported. Prompts are precomputed embeddings (L x caption_channels; 300 x
-//     2304 at 2.6B) from a safetensors file (`prompt_embeddings`), selected per request by the
-//     "prompt" option; without it, a built-in placeholder embedding (N(0, 1) from a fixed seed:
-//     deterministic, meaningless). The unconditional (CFG) embedding is all zeros with every
-//     token kept, unless the file has an entry named "uncond".
+// Stage-1 modes (rollout.h): "streaming" (default: the distilled chunk-causal model, 4 Euler
+// steps + 1 KV-save forward per chunk of 3 latent frames, no CFG, co-batched across rollouts;
+// 24k+1 frames) and "bidirectional" (60-step flow-matching Euler with CFG over the whole clip;
+// 8k+1 frames; nothing is emitted until every step is done, then the clip is refined offline in
+// one sequence and decoded chunk by chunk).
+//
+// Refiner (on by default when loaded): streaming rollouts refine block by block (3 Euler steps +
+// a capture forward per chunk, 11-frame K/V window with the sink), overlapped with Stage-1: chunk
+// N is refined and decoded on its own thread (CUDA stream) while chunk N+1 is generated
+// (worker/models/pipeline/streaming_pipeline.h). The conditioning frame is the refiner's sink and
+// is dropped from the output: 961 poses -> 960 frames. With refine=off every frame is kept.
+// preview=on also streams the un-refined Stage-1 video (decoded with its own VAE cache) as
+// PREVIEW chunks ahead of each refined FINAL chunk.
+//
+// Not ported (documented stand-ins): the text encoders. Prompts are precomputed embeddings
+// (L x caption_channels; Stage-1 300 x 2304, refiner x 3840 at true scale) from safetensors files
+// (`prompt_embeddings`, `refiner_prompt_embeddings`), selected per request by the "prompt" option;
+// without them built-in placeholders (N(0, 1) from fixed seeds: deterministic, meaningless). The
+// unconditional (CFG) Stage-1 embedding is all zeros unless the file has an entry "uncond".
 //
 // Request model_options: "mode" (streaming | bidirectional; default from the config), "steps"
-// (bidirectional only, default 60), "cfg" (bidirectional only, default 5), "prompt" (an entry of
-// the prompt-embeddings file, or "default"). Output size must be the native size (0x0 = native).
+// (bidirectional only, default 60), "cfg" (bidirectional only, default 5), "prompt",
+// "refine" (on | off), "preview" (on | off, needs refine). Output size must be the native size
+// (0x0 = native): 704x1280 at true scale, 64x128 for the tiny preset.
 //
-// Chunks: streaming emits one FrameChunk per rollout chunk (chunk 0: 1 + 24 = 25 pixel frames,
-// later ones 24). Bidirectional emits the same layout (25, then 24 each, the last one shorter)
-// after all steps.
+// Chunks: one FINAL chunk per Stage-1 chunk (24 frames; chunk 0 has 25 without the refiner).
 #ifndef WMSERVE_WORKER_MODELS_SANA_WM_MODEL_H_
 #define WMSERVE_WORKER_MODELS_SANA_WM_MODEL_H_
 
@@ -54,7 +53,16 @@ struct SanaWmConfig {
   // Optional safetensors file of prompt embeddings: entries NAME of shape (L, Ccap) (or
   // (1, L, Ccap)), optional NAME.mask (L) with 1 = keep, 0 = pad; "uncond" is the CFG embedding.
   std::string prompt_embeddings;
-  uint64_t dummy_seed = 0;        // seed of the dummy weights
+  uint64_t dummy_seed = 0;        // seed of the dummy weights (Stage-1, VAE and refiner)
+  // LTX-2 VAE and refiner weights (worker/models/ltx2/), at the preset's scale (tiny -> the tiny
+  // configs, sana-wm-2.6b -> LTX-2.0): "dummy" (seeded random) or a safetensors path with the
+  // official names; refiner_weights "none" runs without the refiner (refine=off only).
+  std::string vae_weights = "dummy";
+  std::string refiner_weights = "dummy";
+  // Optional prompt embeddings for the refiner, the same format with caption_channels features
+  // (3840 at true scale: the Gemma-3 connector output; the text encoder is not ported). Without
+  // it a built-in placeholder; the request's "prompt" option names both embeddings.
+  std::string refiner_prompt_embeddings;
   // Co-batching of streaming rollouts (worker/models/sana/batcher.h): at most max_batch
   // rollouts per batched forward (1 = off); a rollout ready for its next chunk waits up to
   // batch_gather_fraction of the last batch's run time (at most batch_gather_max_ms) for the

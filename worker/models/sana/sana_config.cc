@@ -50,8 +50,8 @@ constexpr std::string_view kTinyPresetJson = R"json({
   "learn_sigma": false,
   "pred_sigma": false,
   "mixed_precision": "bf16",
-  "wmserve_pixel_size": [704, 1280],
-  "wmserve_vae_stride": [8, 320, 320],
+  "wmserve_pixel_size": [64, 128],
+  "wmserve_vae_stride": [8, 32, 32],
   "wmserve_chunk_size": 3
 }
 )json";
