@@ -193,13 +193,16 @@ TEST(SanaWmModel, DescriptorIsTheTinyPresetsNativeSize) {
 TEST(SanaWmModel, StreamingRolloutOf49FramesIsTwoRefinedChunksAtTheNativeSize) {
   std::unique_ptr<Model> model = TinyModel();
   ASSERT_NE(model, nullptr);
+  {
+    // (Its pipeline starts generating at once: a control of its own.)
+    TestControl first;
+    absl::StatusOr<std::unique_ptr<ModelRollout>> rollout =
+        model->StartRollout(MakeSpec(49), first);
+    ASSERT_TRUE(rollout.ok()) << rollout.status();
+    EXPECT_EQ((*rollout)->output_frames(), 48);
+    EXPECT_FALSE((*rollout)->emits_previews());
+  }
   TestControl control;
-  absl::StatusOr<std::unique_ptr<ModelRollout>> rollout =
-      model->StartRollout(MakeSpec(49), control);
-  ASSERT_TRUE(rollout.ok()) << rollout.status();
-  EXPECT_EQ((*rollout)->output_frames(), 48);
-  EXPECT_FALSE((*rollout)->emits_previews());
-  rollout->reset();
   RunResult run = RunAll(*model, MakeSpec(49), control);
   ASSERT_TRUE(run.status.ok()) << run.status;
   // 49 pixel frames = 7 latent frames = chunks of 4 + 3 latent frames = 25 + 24 pixel frames,
@@ -379,11 +382,12 @@ TEST(SanaWmModel, OutputSizeMustBeNative) {
 TEST(SanaWmModel, CancelStopsWithinOneStep) {
   std::unique_ptr<Model> model = TinyModel();
   ASSERT_NE(model, nullptr);
+  // Thresholds are set before StartRollout: the pipeline starts generating at once.
   TestControl control;
+  control.cancel_after_backbone_steps = 2;
   absl::StatusOr<std::unique_ptr<ModelRollout>> rollout =
       model->StartRollout(MakeSpec(49), control);
   ASSERT_TRUE(rollout.ok()) << rollout.status();
-  control.cancel_after_backbone_steps = 2;
   absl::StatusOr<std::optional<FrameChunk>> chunk = (*rollout)->NextChunk(control);
   EXPECT_EQ(chunk.status().code(), absl::StatusCode::kCancelled);
   // The step callback saw the cancel at the step it was raised: no further forward ran.
@@ -395,9 +399,9 @@ TEST(SanaWmModel, CancelStopsWithinOneStep) {
   // Cancelled in the refiner (pipeline thread): the refiner's step callback stops it before the
   // next forward (Stage-1 of the next chunk may have run meanwhile, it stops at its next step).
   TestControl in_refiner;
+  in_refiner.cancel_after_refiner_steps = 6;  // the sink capture + 5: block 2's first step
   rollout = model->StartRollout(MakeSpec(97), in_refiner);
   ASSERT_TRUE(rollout.ok()) << rollout.status();
-  in_refiner.cancel_after_refiner_steps = 6;  // the sink capture + 5: block 2's first step
   absl::Status status;
   for (int i = 0; i < 4 && status.ok(); ++i) status = (*rollout)->NextChunk(in_refiner).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
@@ -407,9 +411,9 @@ TEST(SanaWmModel, CancelStopsWithinOneStep) {
   RolloutSpec bidi = MakeSpec(17);
   bidi.options = {{"mode", "bidirectional"}, {"steps", "6"}};
   TestControl control2;
+  control2.cancel_after_backbone_steps = 3;
   rollout = model->StartRollout(bidi, control2);
   ASSERT_TRUE(rollout.ok()) << rollout.status();
-  control2.cancel_after_backbone_steps = 3;
   chunk = (*rollout)->NextChunk(control2);
   EXPECT_EQ(chunk.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(control2.backbone_steps, 3);
@@ -557,14 +561,17 @@ TEST(SanaWmModel, SizeAccountingOfThe26BPresetWithoutAllocating) {
   EXPECT_EQ(d->native_height, 704);
   // Spec §4.3 / §8: the Stage-1 streaming state is ~1 GB per rollout; ltx2-spec §2.10: the
   // refiner's K/V window (14 frames x 48 layers at 880 tokens x 4096, bf16) ~9.7 GB; two VAE
-  // decoder caches 2 x 0.6 GB.
-  EXPECT_GT(d->rollout_state_bytes, 10e9);
-  EXPECT_LT(d->rollout_state_bytes, 16e9);
+  // decoder caches 2 x 0.6 GB; transients. At least the 14.3 GB measured at peak on an H100
+  // (docs/BENCHMARKS.md), so that placement never under-reserves.
+  EXPECT_GT(d->rollout_state_bytes, 14.3e9);
+  EXPECT_LT(d->rollout_state_bytes, 20e9);
   SanaWmConfig no_refiner = config;
   no_refiner.refiner_weights = "none";
   absl::StatusOr<ModelDescriptor> stage1_only = DescribeSanaWm(no_refiner);
   ASSERT_TRUE(stage1_only.ok()) << stage1_only.status();
-  EXPECT_LT(stage1_only->rollout_state_bytes, 4e9);
+  // Without the refiner: Stage-1's cache and activations plus the VAE decoders.
+  EXPECT_LT(stage1_only->rollout_state_bytes, 7e9);
+  EXPECT_LT(stage1_only->rollout_state_bytes, d->rollout_state_bytes - 9e9);
   std::printf("sana-wm-2.6b bf16: weights %.3f GB, rollout state %.3f GB\n",
               d->weights_bytes / 1e9, d->rollout_state_bytes / 1e9);
   config.dtype = "fp32";

@@ -207,13 +207,14 @@ uint64_t EstimateRolloutBytes(const SanaConfig& cfg, const ltx2::VaeConfig& vae_
   // Noise / latents (float32) of a nominal 60-s rollout.
   const uint64_t latents = static_cast<uint64_t>(kNominalLatentFrames) * s *
                            static_cast<uint64_t>(cfg.in_channels) * 4 * 2;
-  // Causal VAE decoders: the per-layer frame cache (x2: FINAL and PREVIEW), and one pass over a
-  // latent frame at the last stage (8 frames of 48 channels at a quarter of the pixel size, a
-  // few such tensors live at once).
+  // Causal VAE decoders: the per-layer frame cache (x2: FINAL and PREVIEW), and the transient
+  // activations of decoding one chunk, about 16 chunk-sized RGB videos (measured on an H100 at
+  // 704x1280 in bf16: 2.05 GB for a 24-frame chunk; docs/BENCHMARKS.md).
   const uint64_t decoder_cache = 2 * static_cast<uint64_t>(ltx2::VideoVae::StreamingCacheElements(
                                          vae_cfg, 1, cfg.latent_height(), cfg.latent_width())) * e;
-  const uint64_t decode_pass =
-      4 * 8 * 48 * static_cast<uint64_t>(cfg.pixel_height / 4) * (cfg.pixel_width / 4) * e;
+  const uint64_t chunk_pixel_frames = chunk * static_cast<uint64_t>(cfg.vae_temporal_stride);
+  const uint64_t decode_pass = 16 * chunk_pixel_frames * 3 *
+                               static_cast<uint64_t>(cfg.pixel_height) * cfg.pixel_width * e;
   uint64_t refiner = 0;
   if (refiner_cfg != nullptr) {
     // RefinerChunkRunner: per layer K and V over [sink | history | block] frames.
@@ -224,7 +225,12 @@ uint64_t EstimateRolloutBytes(const SanaConfig& cfg, const ltx2::VaeConfig& vae_
     // One block forward: 3 frames of tokens through the 4x FFN and a dozen D-wide temporaries.
     refiner += static_cast<uint64_t>(options.block_size) * s * (4 * width + 12 * width) * e;
   }
-  return gdn + ffn + softmax + activations + latents + decoder_cache + decode_pass + refiner;
+  const uint64_t total =
+      gdn + ffn + softmax + activations + latents + decoder_cache + decode_pass + refiner;
+  // 10 % headroom for allocator rounding and fragmentation: placement must never under-reserve
+  // (measured at true scale without preview: 14.3 GB per rollout at peak vs 14.9 GB here before
+  // the headroom).
+  return total + total / 10;
 }
 
 // --- prompts ------------------------------------------------------------------------------

@@ -261,8 +261,11 @@ std::vector<double> Steady(const std::vector<double>& v) {
 }
 
 int Run(const Options& o) {
-  const c10::Device device(o.device);
+  c10::Device device(o.device);
   if (device.is_cuda() && !torch::cuda::is_available()) throw std::runtime_error("no CUDA device");
+  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+  // The CUDA caching allocator initialises on the first allocation; its statistics need it.
+  if (device.is_cuda()) (void)at::zeros({1}, at::TensorOptions().device(device));
   if (o.threads > 0) at::set_num_threads(o.threads);
   const c10::ScalarType dtype = o.dtype == "bf16" ? c10::kBFloat16 : c10::kFloat;
   const std::string sana_preset = o.preset == "tiny" ? "tiny" : "sana-wm-2.6b";
