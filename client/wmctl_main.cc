@@ -45,6 +45,7 @@ commands:
           [--quality fast|balanced|high] [--width W --height H]
           [--option key=value ...] [--request-id ID]
           [--priority high|normal|low] [--tenant T] [--reattach-grace SECONDS]
+          [--preview-out FILE]
       Render a video from the first frame IMG (PNG or JPEG) along the camera
       trajectory FILE (JSON, see `wmctl trajectory`). The fragmented MP4 is
       written to --out as chunks arrive, so it can be played while it grows.
@@ -52,6 +53,9 @@ commands:
       are scaled when IMG's size differs from the file's image size.
       --model defaults to warp, --seed to 0; --width/--height (even, both or
       neither) default to the model's native size. Ctrl-C cancels the rollout.
+      --preview-out asks for PREVIEW chunks (model option preview=on: sana-wm's
+      un-refined Stage-1 video, sent ahead of each refined chunk) and writes them
+      as a second fragmented MP4 to FILE.
       --request-id makes a resubmission join the same rollout; --reattach-grace
       keeps it running that long after a dropped connection (see attach).
   attach ID --out FILE [--from-chunk N]
@@ -243,6 +247,7 @@ struct RolloutArgs {
   v1::Priority priority = v1::PRIORITY_UNSPECIFIED;
   std::string tenant;
   uint32_t reattach_grace_s = 0;
+  std::string preview_path;  // "" = no previews
 };
 
 absl::StatusOr<RolloutArgs> ParseRolloutArgs(const Flags& flags) {
@@ -287,6 +292,16 @@ absl::StatusOr<RolloutArgs> ParseRolloutArgs(const Flags& flags) {
   absl::StatusOr<uint32_t> grace = flags.Number<uint32_t>("reattach-grace", 0);
   if (!grace.ok()) return grace.status();
   args.reattach_grace_s = *grace;
+  args.preview_path = flags.Get("preview-out");
+  if (!args.preview_path.empty()) {
+    auto& options = args.request_options.model_options;
+    const auto it = options.find("preview");
+    if (it != options.end() && it->second != "on") {
+      return absl::InvalidArgumentError("--preview-out: conflicts with --option preview=" +
+                                        it->second);
+    }
+    options["preview"] = "on";
+  }
   return args;
 }
 
@@ -375,7 +390,11 @@ class ProgressDisplay {
     if (progress.frames_total() > 0) frames_total_ = progress.frames_total();
     if (tty_) Show(Line(), false);
   }
-  void OnInit() { start_ = Clock::now(); }
+  void OnInit(const v1::StreamInit& init) {
+    start_ = Clock::now();
+    // The model may produce fewer frames than poses (sana-wm's refiner drops frame 0).
+    if (init.frames_total() > 0) frames_total_ = init.frames_total();
+  }
   void OnChunk(const v1::VideoChunk& chunk) {
     ++chunks_;
     frames_done_ = std::max(frames_done_, chunk.first_frame() + chunk.frame_count());
@@ -477,18 +496,20 @@ void SetUnaryDeadline(grpc::ClientContext* ctx) {
 }
 
 // Runs one Rollout or Attach stream (`run`) and writes it to `out` as it arrives, with progress
-// on stderr and Ctrl-C cancelling the call. Returns the process exit code.
-int StreamToFile(OutputFile& out, uint32_t frames_total,
+// on stderr and Ctrl-C cancelling the call; PREVIEW chunks go to `preview` (dropped without
+// one). Returns the process exit code.
+int StreamToFile(OutputFile& out, OutputFile* preview, uint32_t frames_total,
                  const std::function<RolloutResult(const RolloutCallbacks&, grpc::ClientContext*)>&
                      run) {
   grpc::ClientContext ctx;
   ProgressDisplay progress(frames_total);
   absl::Status write_status;
-  auto append = [&](absl::string_view bytes) {
+  auto append_to = [&](OutputFile& file, absl::string_view bytes) {
     if (!write_status.ok()) return;
-    write_status = out.Append(bytes);
+    write_status = file.Append(bytes);
     if (!write_status.ok()) ctx.TryCancel();  // No point rendering what cannot be saved.
   };
+  auto append = [&](absl::string_view bytes) { append_to(out, bytes); };
   RolloutCallbacks callbacks;
   callbacks.keep_video_bytes = false;
   callbacks.on_accepted = [&](const v1::Accepted& accepted) {
@@ -499,11 +520,16 @@ int StreamToFile(OutputFile& out, uint32_t frames_total,
   };
   callbacks.on_progress = [&](const v1::Progress& p) { progress.OnProgress(p); };
   callbacks.on_init = [&](const v1::StreamInit& init) {
-    progress.OnInit();
+    progress.OnInit(init);
     // An appended file already starts with the init segment.
     if (!out.appending()) append(init.init_segment());
+    if (preview != nullptr) append_to(*preview, init.preview_init_segment());
   };
   callbacks.on_chunk = [&](const v1::VideoChunk& chunk) {
+    if (chunk.kind() == v1::CHUNK_KIND_PREVIEW) {
+      if (preview != nullptr) append_to(*preview, chunk.data());
+      return;
+    }
     append(chunk.data());
     progress.OnChunk(chunk);
   };
@@ -516,6 +542,7 @@ int StreamToFile(OutputFile& out, uint32_t frames_total,
   }
   progress.Done();
   out.Finish();
+  if (preview != nullptr) preview->Finish();
 
   if (!write_status.ok()) return Fail(kExitFailure, write_status.message());
   if (g_interrupted.load()) return Fail(kExitCancelled, "cancelled");
@@ -529,6 +556,11 @@ int StreamToFile(OutputFile& out, uint32_t frames_total,
   std::fprintf(stderr, "wrote %s: %u frames in %zu chunks, %llu bytes, %.1fs\n", out.path().c_str(),
                result.final.frames_sent(), result.chunks.size(),
                static_cast<unsigned long long>(out.bytes_written()), seconds);
+  if (preview != nullptr) {
+    std::fprintf(stderr, "wrote %s: %zu preview chunks, %llu bytes\n", preview->path().c_str(),
+                 result.preview_chunks.size(),
+                 static_cast<unsigned long long>(preview->bytes_written()));
+  }
   return 0;
 }
 
@@ -546,8 +578,15 @@ int RunRolloutCommand(const Globals& globals, const Flags& flags) {
 
   OutputFile out(args->out_path);
   if (absl::Status status = out.Open(); !status.ok()) return Fail(kExitFailure, status.message());
+  std::unique_ptr<OutputFile> preview;
+  if (!args->preview_path.empty()) {
+    preview = std::make_unique<OutputFile>(args->preview_path);
+    if (absl::Status status = preview->Open(); !status.ok()) {
+      return Fail(kExitFailure, status.message());
+    }
+  }
   std::unique_ptr<v1::RolloutService::Stub> stub = MakeStub(globals);
-  return StreamToFile(out, request->num_frames(),
+  return StreamToFile(out, preview.get(), request->num_frames(),
                       [&](const RolloutCallbacks& callbacks, grpc::ClientContext* ctx) {
                         return RunRollout(*stub, *request, callbacks, ctx);
                       });
@@ -579,7 +618,7 @@ int RunAttachCommand(const Globals& globals, const Flags& flags) {
   if (absl::Status status = out.Open(/*append=*/*from_chunk > 0); !status.ok()) {
     return Fail(kExitFailure, status.message());
   }
-  return StreamToFile(out, frames_total,
+  return StreamToFile(out, /*preview=*/nullptr, frames_total,
                       [&](const RolloutCallbacks& callbacks, grpc::ClientContext* ctx) {
                         return AttachRollout(*stub, id, *from_chunk, callbacks, ctx);
                       });
@@ -746,7 +785,7 @@ struct Command {
 const Command kCommands[] = {
     {"rollout",
      {"model", "image", "trajectory", "out", "seed", "quality", "width", "height", "option",
-      "request-id", "priority", "tenant", "reattach-grace"},
+      "request-id", "priority", "tenant", "reattach-grace", "preview-out"},
      {"option"}},
     {"attach", {"out", "from-chunk"}, {}},
     {"cancel", {}, {}},

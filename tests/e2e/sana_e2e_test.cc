@@ -4,12 +4,13 @@
 // two concurrent rollouts are packed onto one of two workers and share batched forwards there.
 #include <chrono>
 #include <cstdlib>
-#include <sstream>
-#include <thread>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -125,6 +126,40 @@ TEST_F(SanaE2E, PreviewChunksArriveTaggedAheadOfEachFinalChunk) {
   auto preview_video = media::DecodeVideo(r.preview_video_bytes);
   ASSERT_TRUE(preview_video.ok()) << preview_video.status();
   EXPECT_EQ(static_cast<int>(preview_video->frames.size()), 73);
+}
+
+TEST_F(SanaE2E, WmctlWritesTheRefinedVideoAndThePreviewToTwoFiles) {
+  const std::string dir = MakeTempDir();
+  const std::string image = dir + "/in.png", traj = dir + "/yaw.json";
+  const std::string out = dir + "/final.mp4", preview = dir + "/preview.mp4";
+  {
+    auto png = media::EncodePng(MakeTestImage(320, 180, 2));
+    ASSERT_TRUE(png.ok());
+    std::ofstream(image, std::ios::binary) << *png;
+  }
+  std::string output;
+  ASSERT_EQ(RunCommand({WmctlBinary(), "trajectory", "yaw", "--frames", "49", "--degrees", "10",
+                        "--width", "320", "--height", "180", "--out", traj},
+                       &output),
+            0)
+      << output;
+  ASSERT_EQ(RunCommand({WmctlBinary(), "--server", scheduler_->address(), "rollout", "--model",
+                        "sana-wm", "--image", image, "--trajectory", traj, "--out", out,
+                        "--preview-out", preview},
+                       &output),
+            0)
+      << output;
+  auto frames_in = [](const std::string& path) -> int {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    auto video = media::DecodeVideo(bytes.str());
+    EXPECT_TRUE(video.ok()) << path << ": " << video.status();
+    return video.ok() ? static_cast<int>(video->frames.size()) : -1;
+  };
+  EXPECT_EQ(frames_in(out), 48);      // refined: the conditioning frame dropped
+  EXPECT_EQ(frames_in(preview), 49);  // Stage-1, every frame
+  EXPECT_THAT(output, ::testing::HasSubstr("2 preview chunks"));
 }
 
 TEST_F(SanaE2E, CancelDuringTheRefinerEndsTheRolloutPromptly) {
