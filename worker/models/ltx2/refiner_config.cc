@@ -1,4 +1,5 @@
 // TransformerConfig / RefinerOptions (see refiner_config.h).
+#include "worker/models/sana/config_json.h"
 #include "worker/models/ltx2/refiner_config.h"
 
 #include <cmath>
@@ -14,6 +15,11 @@
 namespace wmserve::worker::ltx2 {
 namespace {
 
+using sana::CheckUnknownKeys;
+using sana::ConfigInt;
+using sana::ParseConfigObject;
+using sana::ReadConfigFile;
+using sana::ThrowConfigJsonError;
 using sana::ConfigError;
 using sana::JsonError;
 using sana::JsonQuote;
@@ -59,24 +65,7 @@ constexpr std::string_view kLtx2PresetJson = R"json({
 }
 )json";
 
-int ToInt(const JsonValue& v, const std::string& key) {
-  const int64_t x = v.AsInt("'" + key + "'");
-  if (x < INT32_MIN || x > INT32_MAX) {
-    throw ConfigError("config: '" + key + "' = " + std::to_string(x) + " is out of range");
-  }
-  return static_cast<int>(x);
-}
-
 std::string Num(double v) { return JsonValue::Number(v).Dump(); }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("config: cannot read '" + path + "'");
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) throw ConfigError("config: error reading '" + path + "'");
-  return buf.str();
-}
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && s.substr(0, prefix.size()) == prefix;
@@ -96,16 +85,7 @@ std::vector<std::string> TransformerPresetNames() { return {"tiny", "ltx2"}; }
 TransformerConfig TransformerConfig::FromJson(std::string_view json,
                                               const TransformerConfig& defaults,
                                               bool allow_unknown_keys) {
-  JsonValue doc;
-  try {
-    doc = ParseJson(json);
-  } catch (const JsonError& e) {
-    throw ConfigError(std::string("config: ") + e.what());
-  }
-  if (!doc.is_object()) {
-    throw ConfigError(std::string("config: the document is ") + JsonValue::TypeName(doc.type()) +
-                      ", expected an object");
-  }
+  const JsonValue doc = ParseConfigObject(json);
   TransformerConfig c = defaults;
   c.ignored_keys.clear();
   c.name = "custom";  // unless the document names its preset
@@ -117,24 +97,24 @@ TransformerConfig TransformerConfig::FromJson(std::string_view json,
       if (key == "wmserve_preset") {
         c.name = v.AsString(q);
       } else if (key == "in_channels") {
-        c.in_channels = ToInt(v, key);
+        c.in_channels = ConfigInt(v, key);
       } else if (key == "out_channels") {
         // diffusers: out_channels = out_channels or in_channels.
-        c.out_channels = v.is_null() ? -1 : ToInt(v, key);
+        c.out_channels = v.is_null() ? -1 : ConfigInt(v, key);
       } else if (key == "patch_size") {
-        c.patch_size = ToInt(v, key);
+        c.patch_size = ConfigInt(v, key);
       } else if (key == "patch_size_t") {
-        c.patch_size_t = ToInt(v, key);
+        c.patch_size_t = ConfigInt(v, key);
       } else if (key == "num_attention_heads") {
-        c.num_attention_heads = ToInt(v, key);
+        c.num_attention_heads = ConfigInt(v, key);
       } else if (key == "attention_head_dim") {
-        c.attention_head_dim = ToInt(v, key);
+        c.attention_head_dim = ConfigInt(v, key);
       } else if (key == "cross_attention_dim") {
-        c.cross_attention_dim = ToInt(v, key);
+        c.cross_attention_dim = ConfigInt(v, key);
       } else if (key == "num_layers") {
-        c.num_layers = ToInt(v, key);
+        c.num_layers = ConfigInt(v, key);
       } else if (key == "caption_channels") {
-        c.caption_channels = ToInt(v, key);
+        c.caption_channels = ConfigInt(v, key);
       } else if (key == "activation_fn") {
         c.activation_fn = v.AsString(q);
       } else if (key == "qk_norm") {
@@ -154,11 +134,11 @@ TransformerConfig TransformerConfig::FromJson(std::string_view json,
       } else if (key == "rope_type") {
         c.rope_type = v.AsString(q);
       } else if (key == "pos_embed_max_pos") {
-        c.pos_embed_max_pos = ToInt(v, key);
+        c.pos_embed_max_pos = ConfigInt(v, key);
       } else if (key == "base_height") {
-        c.base_height = ToInt(v, key);
+        c.base_height = ConfigInt(v, key);
       } else if (key == "base_width") {
-        c.base_width = ToInt(v, key);
+        c.base_width = ConfigInt(v, key);
       } else if (key == "vae_scale_factors") {
         const auto& items = v.AsArray(q);
         if (items.size() != 3) {
@@ -166,10 +146,10 @@ TransformerConfig TransformerConfig::FromJson(std::string_view json,
                             " entries, expected 3");
         }
         for (size_t i = 0; i < 3; ++i) {
-          c.vae_scale_factors[i] = ToInt(items[i], "vae_scale_factors[" + std::to_string(i) + "]");
+          c.vae_scale_factors[i] = ConfigInt(items[i], "vae_scale_factors[" + std::to_string(i) + "]");
         }
       } else if (key == "causal_offset") {
-        c.causal_offset = ToInt(v, key);
+        c.causal_offset = ConfigInt(v, key);
       } else if (key == "timestep_scale_multiplier") {
         c.timestep_scale_multiplier = v.AsDouble(q);
       } else if (key == "gated_attn") {
@@ -188,19 +168,12 @@ TransformerConfig TransformerConfig::FromJson(std::string_view json,
       }
     }
   } catch (const JsonError& e) {
-    // JsonError messages start with "json: "; keep one prefix.
-    const std::string what = e.what();
-    throw ConfigError("config: " + (StartsWith(what, "json: ") ? what.substr(6) : what));
+    ThrowConfigJsonError(e);
   }
   if (c.out_channels < 0) c.out_channels = c.in_channels;
-  if (!unknown.empty()) {
-    if (!allow_unknown_keys) {
-      std::string list;
-      for (const std::string& k : unknown) list += (list.empty() ? "'" : ", '") + k + "'";
-      throw ConfigError("config: unknown key" + std::string(unknown.size() > 1 ? "s " : " ") +
-                        list + " (LTX2VideoTransformer3DModel has no such argument)");
-    }
-    c.ignored_keys.insert(c.ignored_keys.end(), unknown.begin(), unknown.end());
+  for (std::string& key : CheckUnknownKeys(std::move(unknown), allow_unknown_keys,
+                                            "LTX2VideoTransformer3DModel")) {
+    c.ignored_keys.push_back(std::move(key));
   }
   return c;
 }
@@ -214,7 +187,7 @@ TransformerConfig TransformerConfig::Preset(std::string_view name) {
 TransformerConfig TransformerConfig::FromFile(const std::string& path) {
   TransformerConfig c;
   try {
-    c = FromJson(ReadFile(path));
+    c = FromJson(ReadConfigFile(path));
     c.Validate();
   } catch (const ConfigError& e) {
     throw ConfigError(path + ": " + e.what());

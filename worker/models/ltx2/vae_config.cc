@@ -1,3 +1,4 @@
+#include "worker/models/sana/config_json.h"
 #include "worker/models/ltx2/vae_config.h"
 
 #include <cmath>
@@ -80,6 +81,11 @@ constexpr std::string_view kLtx2PresetJson = R"json({
 }
 )json";
 
+using sana::CheckUnknownKeys;
+using sana::ConfigInt;
+using sana::ParseConfigObject;
+using sana::ReadConfigFile;
+using sana::ThrowConfigJsonError;
 using sana::ConfigError;
 using sana::InvalidInputError;
 using sana::JsonError;
@@ -106,19 +112,11 @@ std::string Num(double v) {
   return out.str();
 }
 
-int ToInt(const JsonValue& v, const std::string& key) {
-  const int64_t x = v.AsInt("'" + key + "'");
-  if (x < INT32_MIN || x > INT32_MAX) {
-    throw ConfigError("config: '" + key + "' = " + std::to_string(x) + " is out of range");
-  }
-  return static_cast<int>(x);
-}
-
 std::vector<int> ToIntList(const JsonValue& v, const std::string& key) {
   std::vector<int> out;
   const auto& items = v.AsArray("'" + key + "'");
   for (size_t i = 0; i < items.size(); ++i) {
-    out.push_back(ToInt(items[i], key + "[" + std::to_string(i) + "]"));
+    out.push_back(ConfigInt(items[i], key + "[" + std::to_string(i) + "]"));
   }
   return out;
 }
@@ -161,15 +159,6 @@ std::string JoinStrings(const std::vector<std::string>& values) {
   return out + "]";
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("config: cannot read '" + path + "'");
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) throw ConfigError("config: error reading '" + path + "'");
-  return buf.str();
-}
-
 // Entry i of `values` read back to front: the decoder builds its modules from reversed tuples.
 template <typename T>
 T Reversed(const std::vector<T>& values, int i) {
@@ -188,16 +177,7 @@ std::string_view VaePresetJson(std::string_view name) {
 std::vector<std::string> VaePresetNames() { return {"tiny", "ltx2"}; }
 
 VaeConfig VaeConfig::FromDiffusersJson(std::string_view json, bool allow_unknown_keys) {
-  JsonValue doc;
-  try {
-    doc = sana::ParseJson(json);
-  } catch (const JsonError& e) {
-    throw ConfigError(std::string("config: ") + e.what());
-  }
-  if (!doc.is_object()) {
-    throw ConfigError(std::string("config: the document is ") + JsonValue::TypeName(doc.type()) +
-                      ", expected an object");
-  }
+  const JsonValue doc = ParseConfigObject(json);
   VaeConfig c;
   c.name = "custom";  // unless wmserve_preset names it
   std::set<std::string> seen;
@@ -218,11 +198,11 @@ VaeConfig VaeConfig::FromDiffusersJson(std::string_view json, bool allow_unknown
         c.pixel_height = hw[0];
         c.pixel_width = hw[1];
       } else if (key == "in_channels") {
-        c.in_channels = ToInt(v, key);
+        c.in_channels = ConfigInt(v, key);
       } else if (key == "out_channels") {
-        c.out_channels = ToInt(v, key);
+        c.out_channels = ConfigInt(v, key);
       } else if (key == "latent_channels") {
-        c.latent_channels = ToInt(v, key);
+        c.latent_channels = ConfigInt(v, key);
       } else if (key == "block_out_channels") {
         c.block_out_channels = ToIntList(v, key);
       } else if (key == "down_block_types") {
@@ -258,9 +238,9 @@ VaeConfig VaeConfig::FromDiffusersJson(std::string_view json, bool allow_unknown
       } else if (key == "timestep_conditioning") {
         c.timestep_conditioning = v.AsBool(q);
       } else if (key == "patch_size") {
-        c.patch_size = ToInt(v, key);
+        c.patch_size = ConfigInt(v, key);
       } else if (key == "patch_size_t") {
-        c.patch_size_t = ToInt(v, key);
+        c.patch_size_t = ConfigInt(v, key);
       } else if (key == "resnet_norm_eps") {
         c.resnet_norm_eps = v.AsDouble(q);
       } else if (key == "scaling_factor") {
@@ -274,15 +254,15 @@ VaeConfig VaeConfig::FromDiffusersJson(std::string_view json, bool allow_unknown
       } else if (key == "decoder_spatial_padding_mode") {
         c.decoder_spatial_padding_mode = v.AsString(q);
       } else if (key == "spatial_compression_ratio") {
-        c.spatial_compression_ratio = ToInt(v, key);
+        c.spatial_compression_ratio = ConfigInt(v, key);
       } else if (key == "temporal_compression_ratio") {
-        c.temporal_compression_ratio = ToInt(v, key);
+        c.temporal_compression_ratio = ConfigInt(v, key);
       } else {
         unknown.push_back(key);
       }
     }
   } catch (const JsonError& e) {
-    throw ConfigError(std::string("config: ") + (e.what() + std::string_view("json: ").size()));
+    ThrowConfigJsonError(e);
   }
   std::string missing;
   for (const char* key : kRequiredKeys) {
@@ -292,15 +272,8 @@ VaeConfig VaeConfig::FromDiffusersJson(std::string_view json, bool allow_unknown
     throw ConfigError("config: missing required key(s) " + missing +
                       " (AutoencoderKLLTX2Video's defaults are not assumed)");
   }
-  if (!unknown.empty()) {
-    if (!allow_unknown_keys) {
-      std::string list;
-      for (const std::string& k : unknown) list += (list.empty() ? "'" : ", '") + k + "'";
-      throw ConfigError("config: unknown key" + std::string(unknown.size() > 1 ? "s " : " ") +
-                        list + " (AutoencoderKLLTX2Video has no such argument)");
-    }
-    c.ignored_keys = std::move(unknown);
-  }
+  c.ignored_keys =
+      CheckUnknownKeys(std::move(unknown), allow_unknown_keys, "AutoencoderKLLTX2Video");
   return c;
 }
 
@@ -313,7 +286,7 @@ VaeConfig VaeConfig::Preset(std::string_view name) {
 VaeConfig VaeConfig::FromFile(const std::string& path) {
   VaeConfig c;
   try {
-    c = FromDiffusersJson(ReadFile(path));
+    c = FromDiffusersJson(ReadConfigFile(path));
     c.Validate();
   } catch (const ConfigError& e) {
     throw ConfigError(path + ": " + e.what());

@@ -1,3 +1,4 @@
+#include "worker/models/sana/config_json.h"
 #include "worker/models/sana/sana_config.h"
 
 #include <cmath>
@@ -106,14 +107,6 @@ std::string Num(double v) {
   return out.str();
 }
 
-int ToInt(const JsonValue& v, const std::string& key) {
-  const int64_t x = v.AsInt("'" + key + "'");
-  if (x < INT32_MIN || x > INT32_MAX) {
-    throw ConfigError("config: '" + key + "' = " + std::to_string(x) + " is out of range");
-  }
-  return static_cast<int>(x);
-}
-
 template <size_t N>
 std::array<int, N> ToIntArray(const JsonValue& v, const std::string& key) {
   const auto& items = v.AsArray("'" + key + "'");
@@ -122,7 +115,7 @@ std::array<int, N> ToIntArray(const JsonValue& v, const std::string& key) {
                       " entries, expected " + std::to_string(N));
   }
   std::array<int, N> out{};
-  for (size_t i = 0; i < N; ++i) out[i] = ToInt(items[i], key + "[" + std::to_string(i) + "]");
+  for (size_t i = 0; i < N; ++i) out[i] = ConfigInt(items[i], key + "[" + std::to_string(i) + "]");
   return out;
 }
 
@@ -133,15 +126,6 @@ std::string JoinInts(const int* values, size_t n) {
     out += std::to_string(values[i]);
   }
   return out + "]";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("config: cannot read '" + path + "'");
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) throw ConfigError("config: error reading '" + path + "'");
-  return buf.str();
 }
 
 }  // namespace
@@ -157,16 +141,7 @@ std::vector<std::string> PresetNames() { return {"tiny", "sana-wm-2.6b"}; }
 
 SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig& defaults,
                                          bool allow_unknown_keys) {
-  JsonValue doc;
-  try {
-    doc = ParseJson(json);
-  } catch (const JsonError& e) {
-    throw ConfigError(std::string("config: ") + e.what());
-  }
-  if (!doc.is_object()) {
-    throw ConfigError(std::string("config: the document is ") + JsonValue::TypeName(doc.type()) +
-                      ", expected an object");
-  }
+  const JsonValue doc = ParseConfigObject(json);
   SanaConfig c = defaults;
   c.ignored_keys.clear();
   std::vector<std::string> unknown;
@@ -177,17 +152,17 @@ SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig
       if (key == "wmserve_preset") {
         c.name = v.AsString(q);
       } else if (key == "in_channels") {
-        c.in_channels = ToInt(v, key);
+        c.in_channels = ConfigInt(v, key);
       } else if (key == "num_layers") {
-        c.num_layers = ToInt(v, key);
+        c.num_layers = ConfigInt(v, key);
       } else if (key == "hidden_size") {
-        c.hidden_size = ToInt(v, key);
+        c.hidden_size = ConfigInt(v, key);
       } else if (key == "num_attention_heads") {
-        c.num_attention_heads = ToInt(v, key);
+        c.num_attention_heads = ConfigInt(v, key);
       } else if (key == "patch_size") {
         // Python's to_3tuple also accepts a single int.
         if (v.is_number()) {
-          const int p = ToInt(v, key);
+          const int p = ConfigInt(v, key);
           c.patch_size = {p, p, p};
         } else {
           c.patch_size = ToIntArray<3>(v, key);
@@ -197,9 +172,9 @@ SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig
       } else if (key == "camctrl_type") {
         c.camctrl_type = v.AsString(q);
       } else if (key == "softmax_every_n") {
-        c.softmax_every_n = ToInt(v, key);
+        c.softmax_every_n = ConfigInt(v, key);
       } else if (key == "linear_head_dim") {
-        c.linear_head_dim = ToInt(v, key);
+        c.linear_head_dim = ConfigInt(v, key);
       } else if (key == "ffn_type") {
         c.ffn_type = v.AsString(q);
       } else if (key == "mlp_ratio") {
@@ -215,9 +190,9 @@ SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig
               items[i].is_null() ? "" : items[i].AsString("'mlp_acts[" + std::to_string(i) + "]'");
         }
       } else if (key == "t_kernel_size") {
-        c.t_kernel_size = ToInt(v, key);
+        c.t_kernel_size = ConfigInt(v, key);
       } else if (key == "conv_kernel_size") {
-        c.conv_kernel_size = ToInt(v, key);
+        c.conv_kernel_size = ConfigInt(v, key);
       } else if (key == "k_conv_only") {
         c.k_conv_only = v.AsBool(q);
       } else if (key == "pos_embed_type") {
@@ -231,7 +206,7 @@ SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig
       } else if (key == "y_norm_scale_factor") {
         c.y_norm_scale_factor = v.AsDouble(q);
       } else if (key == "cam_attn_compress") {
-        c.cam_attn_compress = ToInt(v, key);
+        c.cam_attn_compress = ConfigInt(v, key);
       } else if (key == "init_cam_from_base") {
         c.init_cam_from_base = v.AsBool(q);
       } else if (key == "chunk_split_strategy") {
@@ -239,17 +214,17 @@ SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig
       } else if (key == "use_chunk_plucker_post_attn") {
         c.use_chunk_plucker_post_attn = v.AsBool(q);
       } else if (key == "chunk_plucker_channels") {
-        c.chunk_plucker_channels = ToInt(v, key);
+        c.chunk_plucker_channels = ConfigInt(v, key);
       } else if (key == "chunk_plucker_post_attn_blocks") {
-        c.chunk_plucker_post_attn_blocks = ToInt(v, key);
+        c.chunk_plucker_post_attn_blocks = ConfigInt(v, key);
       } else if (key == "fp32_attention") {
         c.fp32_attention = v.AsBool(q);
       } else if (key == "image_size") {
-        c.image_size = ToInt(v, key);
+        c.image_size = ConfigInt(v, key);
       } else if (key == "caption_channels") {
-        c.caption_channels = ToInt(v, key);
+        c.caption_channels = ConfigInt(v, key);
       } else if (key == "model_max_length") {
-        c.model_max_length = ToInt(v, key);
+        c.model_max_length = ConfigInt(v, key);
       } else if (key == "use_pe") {
         c.use_pe = v.AsBool(q);
       } else if (key == "learn_sigma") {
@@ -271,23 +246,16 @@ SanaConfig SanaConfig::FromDiffusersJson(std::string_view json, const SanaConfig
         c.vae_temporal_stride = s[0];
         c.vae_spatial_stride = s[1];
       } else if (key == "wmserve_chunk_size") {
-        c.chunk_size = ToInt(v, key);
+        c.chunk_size = ConfigInt(v, key);
       } else {
         unknown.push_back(key);
       }
     }
   } catch (const JsonError& e) {
-    throw ConfigError(std::string("config: ") + (e.what() + std::string_view("json: ").size()));
+    ThrowConfigJsonError(e);
   }
-  if (!unknown.empty()) {
-    if (!allow_unknown_keys) {
-      std::string list;
-      for (const std::string& k : unknown) list += (list.empty() ? "'" : ", '") + k + "'";
-      throw ConfigError("config: unknown key" + std::string(unknown.size() > 1 ? "s " : " ") +
-                        list + " (SanaWMTransformer3DModel has no such argument)");
-    }
-    c.ignored_keys = std::move(unknown);
-  }
+  c.ignored_keys =
+      CheckUnknownKeys(std::move(unknown), allow_unknown_keys, "SanaWMTransformer3DModel");
   return c;
 }
 
@@ -300,7 +268,7 @@ SanaConfig SanaConfig::Preset(std::string_view name) {
 SanaConfig SanaConfig::FromFile(const std::string& path) {
   SanaConfig c;
   try {
-    c = FromDiffusersJson(ReadFile(path));
+    c = FromDiffusersJson(ReadConfigFile(path));
   } catch (const ConfigError& e) {
     throw ConfigError(path + ": " + e.what());
   }

@@ -48,12 +48,19 @@
 #include <string>
 #include <vector>
 
+#include "worker/models/bench_support.h"
 #include "worker/models/ltx2/ltx2_transformer.h"
 #include "worker/models/ltx2/refiner.h"
 #include "worker/models/ltx2/refiner_config.h"
 
 namespace wmserve::worker::ltx2 {
 namespace {
+
+using bench::DeviceDescription;
+using bench::Median;
+using bench::PeakMemory;
+using bench::ResetPeakMemory;
+using bench::Sync;
 
 struct Options {
   std::string preset = "tiny";
@@ -128,62 +135,6 @@ Options ParseOptions(int argc, char** argv) {
   return o;
 }
 
-void Sync(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-int64_t ProcStatusBytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) {
-      std::istringstream s(line.substr(key.size() + 1));
-      int64_t kb = 0;
-      s >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
-// Resets the peak counter (CUDA allocator; CPU: VmHWM through /proc/self/clear_refs).
-void ResetPeak(const c10::Device& device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-    return;
-  }
-#else
-  (void)device;
-#endif
-  std::ofstream("/proc/self/clear_refs") << "5";
-}
-
-int64_t PeakBytes(const c10::Device& device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    return static_cast<int64_t>(
-        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak);
-  }
-#else
-  (void)device;
-#endif
-  return ProcStatusBytes("VmHWM");
-}
-
-std::string DeviceDescription(const c10::Device& device) {
-  std::ostringstream s;
-  s << device;
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const cudaDeviceProp* p = at::cuda::getDeviceProperties(device.index());
-    s << " (" << p->name << ", " << std::fixed << std::setprecision(1)
-      << static_cast<double>(p->totalGlobalMem) / (1024.0 * 1024.0 * 1024.0) << " GiB)";
-  }
-#endif
-  return s.str();
-}
-
 // Model FLOPs (2 x MACs) of one forward with n_q queries, n_k self-attention keys per query and
 // a text of length l (spec §2.10): projections, FFN, self- and cross-attention products; the text
 // K/V are cached per prompt and not counted.
@@ -203,12 +154,6 @@ struct Row {
   std::string extra;
 };
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
 
 std::string Fixed(double v, int digits) {
@@ -222,7 +167,7 @@ void Time(const c10::Device& device, int warmup, int iters, const std::function<
           Row* row) {
   for (int i = 0; i < warmup; ++i) call();
   Sync(device);
-  ResetPeak(device);
+  (void)ResetPeakMemory(device);
   for (int i = 0; i < iters; ++i) {
     Sync(device);
     const auto t0 = std::chrono::steady_clock::now();
@@ -231,7 +176,7 @@ void Time(const c10::Device& device, int warmup, int iters, const std::function<
     const auto t1 = std::chrono::steady_clock::now();
     row->ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
-  row->peak = PeakBytes(device);
+  row->peak = PeakMemory(device);
 }
 
 int Run(const Options& o) {
@@ -246,20 +191,7 @@ int Run(const Options& o) {
   } else {
     Usage("--dtype: expected fp32 or bf16, got '" + o.dtype + "'");
   }
-  c10::Device device(c10::kCPU);
-  try {
-    device = c10::Device(o.device);
-  } catch (const c10::Error&) {
-    Usage("--device: expected cpu or cuda:N, got '" + o.device + "'");
-  }
-  if (device.is_cuda()) {
-    if (!torch::cuda::is_available()) {
-      throw std::runtime_error("--device " + o.device + ": no CUDA device visible");
-    }
-    if (!device.has_index()) device = c10::Device(c10::kCUDA, 0);
-  } else if (!device.is_cpu()) {
-    Usage("--device: expected cpu or cuda:N, got '" + o.device + "'");
-  }
+  const c10::Device device = bench::ResolveDevice(o.device);
   if (o.threads > 0) at::set_num_threads(o.threads);
   const int iters = o.iters > 0 ? o.iters : (device.is_cuda() ? 10 : 3);
 

@@ -46,11 +46,19 @@
 #include <string>
 #include <vector>
 
+#include "worker/models/bench_support.h"
 #include "worker/models/ltx2/vae.h"
 #include "worker/models/ltx2/vae_config.h"
 
 namespace wmserve::worker::ltx2 {
 namespace {
+
+using bench::DeviceDescription;
+using bench::ParseDtype;
+using bench::ParseInt;
+using bench::PeakMemory;
+using bench::ResetPeakMemory;
+using bench::Sync;
 
 struct Options {
   std::string preset = "tiny";
@@ -66,17 +74,6 @@ struct Options {
 const char kUsage[] =
     "usage: ltx2_vae_bench [--preset tiny|ltx2] [--device cpu|cuda[:N]] [--dtype fp32|bf16|fp16]\n"
     "                      [--height H] [--width W] [--iters N] [--warmup N] [--threads N]\n";
-
-int ParseInt(const std::string& flag, const std::string& value, int min) {
-  try {
-    size_t used = 0;
-    const int v = std::stoi(value, &used);
-    if (used == value.size() && v >= min) return v;
-  } catch (const std::exception&) {
-  }
-  throw std::invalid_argument(flag + ": expected an integer >= " + std::to_string(min) + ", got '" +
-                              value + "'");
-}
 
 Options ParseOptions(int argc, char** argv) {
   Options o;
@@ -118,71 +115,6 @@ Options ParseOptions(int argc, char** argv) {
     }
   }
   return o;
-}
-
-c10::ScalarType ParseDtype(const std::string& s) {
-  if (s == "fp32") return c10::ScalarType::Float;
-  if (s == "bf16") return c10::ScalarType::BFloat16;
-  if (s == "fp16") return c10::ScalarType::Half;
-  throw std::invalid_argument("--dtype: expected fp32, bf16 or fp16, got '" + s + "'");
-}
-
-void Sync(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-// Reads a "Key:   1234 kB" line of /proc/self/status, in bytes (0 if unavailable).
-int64_t ProcStatusBytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) {
-      std::istringstream s(line.substr(key.size() + 1));
-      int64_t kb = 0;
-      s >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
-// Resets the peak counter; returns the current usage.
-int64_t ResetPeakMemory(const c10::Device& device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<int64_t>(stats.allocated_bytes[0].current);  // [0]: aggregate pool
-  }
-#else
-  (void)device;
-#endif
-  std::ofstream("/proc/self/clear_refs") << "5";  // Linux >= 4.0: VmHWM := VmRSS
-  return ProcStatusBytes("VmRSS");
-}
-
-int64_t PeakMemory(const c10::Device& device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<int64_t>(stats.allocated_bytes[0].peak);
-  }
-#else
-  (void)device;
-#endif
-  return ProcStatusBytes("VmHWM");
-}
-
-std::string DeviceDescription(const c10::Device& device) {
-  std::ostringstream s;
-  s << device;
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const cudaDeviceProp* p = at::cuda::getDeviceProperties(device.index());
-    s << " (" << p->name << ", sm_" << p->major << p->minor << ")";
-  }
-#endif
-  return s.str();
 }
 
 std::string MiB(int64_t bytes) {
@@ -229,7 +161,7 @@ void RunRow(const Options& o, const c10::Device& device, const Row& row) {
 int Main(int argc, char** argv) {
   const Options o = ParseOptions(argc, argv);
   if (o.threads > 0) at::set_num_threads(o.threads);
-  const c10::Device device(o.device == "cuda" ? std::string("cuda:0") : o.device);
+  const c10::Device device = bench::ResolveDevice(o.device);
   const c10::ScalarType dtype = ParseDtype(o.dtype);
   const VaeConfig config = VaeConfig::Preset(o.preset);
   const int64_t height = o.height > 0 ? o.height : config.pixel_height;

@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "worker/models/bench_support.h"
 #include "worker/models/ltx2/ltx2_transformer.h"
 #include "worker/models/ltx2/refiner.h"
 #include "worker/models/ltx2/vae.h"
@@ -52,6 +53,14 @@
 
 namespace wmserve::worker::pipeline {
 namespace {
+
+using bench::CurrentMemory;
+using bench::Median;
+using bench::PeakMemory;
+using bench::ProcStatusBytes;
+using bench::ResetPeakMemory;
+using bench::ResolveDevice;
+using bench::Sync;
 
 using Clock = std::chrono::steady_clock;
 
@@ -104,64 +113,7 @@ Options Parse(int argc, char** argv) {
   return o;
 }
 
-void Sync(c10::Device device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-int64_t RssBytes(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(std::string(key) + ":", 0) == 0) {
-      std::istringstream s(line.substr(std::string(key).size() + 1));
-      int64_t kb = 0;
-      s >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
-void ResetPeak(c10::Device device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-    return;
-  }
-#endif
-  (void)device;
-  std::ofstream("/proc/self/clear_refs") << "5";  // resets VmHWM to the current RSS
-}
-
-int64_t CurrentBytes(c10::Device device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    return static_cast<int64_t>(
-        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].current);
-  }
-#endif
-  (void)device;
-  return RssBytes("VmRSS");
-}
-
-int64_t PeakBytes(c10::Device device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    return static_cast<int64_t>(
-        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak);
-  }
-#endif
-  (void)device;
-  return RssBytes("VmHWM");
-}
-
 double GiB(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 struct Models {
   sana::SanaConfig stage1_config;
@@ -226,7 +178,7 @@ RunResult RunRollout(const Models& m, const Options& o, c10::Device device, bool
   StreamingPipeline pipeline(models, source, options, callbacks);
   int chunk = 0;
   auto last = Clock::now();
-  ResetPeak(device);
+  (void)ResetPeakMemory(device);
   for (;;) {
     std::optional<PipelineOutput> out = pipeline.Next();
     if (!out) break;
@@ -237,13 +189,13 @@ RunResult RunRollout(const Models& m, const Options& o, c10::Device device, bool
     r.frames += out->frames.size(0);
     // Chunk 6 ends the first 10 s (1 + 24 * 7 = 169 frames > 160).
     if (chunk == 6 || chunk == o.chunks - 1) {
-      const int64_t peak = PeakBytes(device);
+      const int64_t peak = PeakMemory(device);
       const int64_t state = pipeline.StateBytes() + rollout->cache_bytes();
       (chunk == 6 ? r.peak_10s : r.peak_last) = peak;
       (chunk == 6 ? r.state_10s : r.state_last) = state;
     }
     ++chunk;
-    ResetPeak(device);
+    (void)ResetPeakMemory(device);
   }
   return r;
 }
@@ -261,11 +213,7 @@ std::vector<double> Steady(const std::vector<double>& v) {
 }
 
 int Run(const Options& o) {
-  c10::Device device(o.device);
-  if (device.is_cuda() && !torch::cuda::is_available()) throw std::runtime_error("no CUDA device");
-  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
-  // The CUDA caching allocator initialises on the first allocation; its statistics need it.
-  if (device.is_cuda()) (void)at::zeros({1}, at::TensorOptions().device(device));
+  const c10::Device device = ResolveDevice(o.device);
   if (o.threads > 0) at::set_num_threads(o.threads);
   const c10::ScalarType dtype = o.dtype == "bf16" ? c10::kBFloat16 : c10::kFloat;
   const std::string sana_preset = o.preset == "tiny" ? "tiny" : "sana-wm-2.6b";
@@ -274,7 +222,7 @@ int Run(const Options& o) {
 
   Models m;
   m.stage1_config = sana::SanaConfig::Preset(sana_preset);
-  const int64_t before = CurrentBytes(device);
+  const int64_t before = CurrentMemory(device);
   m.stage1 = sana::InitDummyWeights(m.stage1_config, 1, dtype, device);
   auto vae = std::make_shared<ltx2::VideoVae>(ltx2::VaeConfig::Preset(ltx2_preset), dtype, device);
   vae->InitDummyWeights(1);
@@ -290,7 +238,7 @@ int Run(const Options& o) {
     m.refiner = refiner;
   }
   Sync(device);
-  const int64_t resident = CurrentBytes(device) - before;
+  const int64_t resident = CurrentMemory(device) - before;
 
   const sana::SanaConfig& c = m.stage1_config;
   std::cout << "pipeline_bench: torch " << TORCH_VERSION << ", device " << device << ", dtype "

@@ -57,6 +57,7 @@
 #include <utility>
 #include <vector>
 
+#include "worker/models/bench_support.h"
 #include "worker/models/sana/camera.h"
 #include "worker/models/sana/gdn.h"
 #include <ATen/ops/isfinite.h>
@@ -69,6 +70,13 @@
 
 namespace wmserve::worker::sana {
 namespace {
+
+using bench::DeviceDescription;
+using bench::Median;
+using bench::ParseDtype;
+using bench::ParseInt;
+using bench::ResetPeakMemory;
+using bench::Sync;
 
 // --- options -------------------------------------------------------------------------------
 
@@ -91,17 +99,6 @@ const char kUsage[] =
     "                  [--preset tiny|sana-wm-2.6b] [--config FILE]\n"
     "                  [--what all|GROUP|NAME[,...]] [--iters N] [--warmup N] [--threads N]\n"
     "                  [--latent-frames T] [--gdn-method chunked|recurrent] [--list]\n";
-
-int ParseInt(const std::string& flag, const std::string& value, int min) {
-  try {
-    size_t used = 0;
-    const int v = std::stoi(value, &used);
-    if (used == value.size() && v >= min) return v;
-  } catch (const std::exception&) {
-  }
-  throw std::invalid_argument(flag + ": expected an integer >= " + std::to_string(min) + ", got '" +
-                              value + "'");
-}
 
 Options ParseOptions(int argc, char** argv) {
   Options o;
@@ -151,13 +148,6 @@ Options ParseOptions(int argc, char** argv) {
   return o;
 }
 
-c10::ScalarType ParseDtype(const std::string& s) {
-  if (s == "fp32") return c10::ScalarType::Float;
-  if (s == "bf16") return c10::ScalarType::BFloat16;
-  if (s == "fp16") return c10::ScalarType::Half;
-  throw std::invalid_argument("--dtype: expected fp32, bf16 or fp16, got '" + s + "'");
-}
-
 // --- device helpers ------------------------------------------------------------------------
 
 struct Context {
@@ -170,77 +160,14 @@ struct Context {
   at::TensorOptions Float() const { return at::TensorOptions().device(device).dtype(at::kFloat); }
 };
 
-void Sync(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-// Reads a "Key:   1234 kB" line of /proc/self/status, in bytes (0 if unavailable).
-int64_t ProcStatusBytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) {
-      std::istringstream s(line.substr(key.size() + 1));
-      int64_t kb = 0;
-      s >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
 struct MemorySample {
   int64_t baseline = 0;  // before the timed calls
   int64_t peak = 0;      // peak over the timed calls
   const char* kind = "";
 };
 
-// Resets the peak counter and returns the current usage.
-int64_t ResetPeakMemory(const c10::Device& device) {
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<int64_t>(stats.allocated_bytes[0].current);  // [0]: aggregate pool
-  }
-#else
-  (void)device;
-#endif
-  // Linux >= 4.0: writing 5 resets the peak RSS (VmHWM) to the current RSS.
-  std::ofstream("/proc/self/clear_refs") << "5";
-  return ProcStatusBytes("VmRSS");
-}
-
 MemorySample ReadPeakMemory(const c10::Device& device, int64_t baseline) {
-  MemorySample m;
-  m.baseline = baseline;
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    m.peak = static_cast<int64_t>(stats.allocated_bytes[0].peak);
-    m.kind = "cuda alloc";
-    return m;
-  }
-#else
-  (void)device;
-#endif
-  m.peak = ProcStatusBytes("VmHWM");
-  m.kind = "rss";
-  return m;
-}
-
-std::string DeviceDescription(const c10::Device& device) {
-  std::ostringstream s;
-  s << device;
-#if WMSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const cudaDeviceProp* p = at::cuda::getDeviceProperties(device.index());
-    s << " (" << p->name << ", " << std::fixed << std::setprecision(1)
-      << static_cast<double>(p->totalGlobalMem) / (1024.0 * 1024.0 * 1024.0) << " GiB, sm_"
-      << p->major << p->minor << ")";
-  }
-#endif
-  return s.str();
+  return {baseline, bench::PeakMemory(device), bench::MemoryKind(device)};
 }
 
 // --- the benchmark table -------------------------------------------------------------------
@@ -645,12 +572,6 @@ Result Measure(const Context& ctx, const Case& c, int iters, int warmup) {
   return r;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 std::string Fixed(double v, int digits) {
   std::ostringstream s;
   s << std::fixed << std::setprecision(digits) << v;
@@ -672,26 +593,7 @@ int Run(const Options& o) {
   ctx.config =
       o.config_file.empty() ? SanaConfig::Preset(o.preset) : SanaConfig::FromFile(o.config_file);
   ctx.dtype = ParseDtype(o.dtype);
-  try {
-    ctx.device = c10::Device(o.device);
-  } catch (const c10::Error&) {
-    throw std::invalid_argument("--device: expected cpu or cuda:N, got '" + o.device + "'");
-  }
-  if (!ctx.device.is_cpu() && !ctx.device.is_cuda()) {
-    throw std::invalid_argument("--device: expected cpu or cuda:N, got '" + o.device + "'");
-  }
-  if (ctx.device.is_cuda()) {
-    if (!torch::cuda::is_available()) {
-      throw std::runtime_error("--device " + o.device +
-                               ": no CUDA device (LibTorch without CUDA, or no GPU visible)");
-    }
-    if (!ctx.device.has_index()) ctx.device = c10::Device(c10::kCUDA, 0);
-    if (ctx.device.index() >= static_cast<int>(torch::cuda::device_count())) {
-      throw std::runtime_error("--device " + o.device + ": only " +
-                               std::to_string(static_cast<int>(torch::cuda::device_count())) +
-                               " CUDA device(s)");
-    }
-  }
+  ctx.device = bench::ResolveDevice(o.device);
   if (o.gdn_method == "chunked") {
     ctx.gdn.method = GdnScanMethod::kChunked;
   } else if (o.gdn_method == "recurrent") {
