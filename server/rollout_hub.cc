@@ -402,7 +402,10 @@ void RolloutHub::WorkerUpdate(const std::string& worker_id, v1::RolloutUpdate up
   if (event.has_stream_init()) {
     // A resumed rollout's new worker sends the same init segment again; clients have it.
     if (r->init_event) return;
-    if (event.stream_init().frames_total() > 0) r->frames_total = event.stream_init().frames_total();
+    // The model's own frame count (sana-wm with the refiner drops the conditioning frame).
+    if (event.stream_init().frames_total() > 0) {
+      r->frames_total = event.stream_init().frames_total();
+    }
     r->bytes_sent += event.stream_init().init_segment().size();
     metrics_->bytes_sent.Increment(static_cast<double>(event.stream_init().init_segment().size()));
     r->init_event = std::make_unique<v1::RolloutEvent>(event);
@@ -646,7 +649,8 @@ void RolloutHub::DispatchLocked(absl::Time now) {
     queue_.Remove(a.rollout_id);
     // The registry debits the worker's memory budget by what the rollout was promised, so no
     // later plan can over-commit it.
-    registry_.AddRollout(a.worker_id, a.rollout_id, r->queued.state_bytes, r->queued.batch_key);
+    registry_.AddRollout(a.worker_id, a.rollout_id, r->queued.state_bytes,
+                         r->queued.batch_key);
     // A resumed rollout was charged to its tenant when it first started.
     if (r->resumes == 0) ledger_.Charge(r->queued.tenant, scheduler::ServiceCost(r->queued), now);
     r->state = v1::ROLLOUT_STATE_RUNNING;

@@ -522,9 +522,9 @@ std::optional<pipeline::LatentChunk> SanaRollout::NextLatents() {
   }
   const int64_t frames = clip_.size(2);
   if (next_latent_ >= frames) return std::nullopt;
+  const int64_t chunk_size = shared_->config.chunk_size;
   const int64_t count =
-      std::min<int64_t>(next_latent_ == 0 ? 1 + shared_->config.chunk_size : shared_->config.chunk_size,
-                        frames - next_latent_);
+      std::min<int64_t>(next_latent_ == 0 ? 1 + chunk_size : chunk_size, frames - next_latent_);
   pipeline::LatentChunk chunk{clip_.narrow(2, next_latent_, count), {}};
   if (refined_clip_.defined()) chunk.refined = refined_clip_.narrow(2, next_latent_, count);
   next_latent_ += count;
