@@ -28,6 +28,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -424,7 +425,7 @@ class SanaRollout final : public ModelRollout {
     pipeline::PipelineCallbacks callbacks;
     callbacks.on_refiner_step = [this](int step, int total) {
       control_.OnStep(ModelStage::kRefiner, step, total);
-      return !control_.cancelled();
+      return !Stopping();
     };
     callbacks.on_stage_time = [this](pipeline::Stage stage, double seconds) {
       control_.AddStageTime(stage == pipeline::Stage::kRefiner ? ModelStage::kRefiner
@@ -436,7 +437,9 @@ class SanaRollout final : public ModelRollout {
   }
 
   ~SanaRollout() override {
-    // Stop the pipeline's threads before the state their source reads goes away.
+    // Stop the pipeline's threads before the state their source reads goes away; the step
+    // callbacks see `stopping_`, so a stage in flight ends at its next step.
+    stopping_ = true;
     pipeline_.reset();
   }
 
@@ -471,6 +474,8 @@ class SanaRollout final : public ModelRollout {
  private:
   // The pipeline's latent source (its producer thread): the next Stage-1 chunk.
   std::optional<pipeline::LatentChunk> NextLatents();
+  // The rollout was cancelled, or is being torn down (the runner gave up on it).
+  bool Stopping() const { return stopping_.load() || control_.cancelled(); }
 
   const std::shared_ptr<const SanaShared> shared_;
   RolloutControl& control_;
@@ -484,6 +489,7 @@ class SanaRollout final : public ModelRollout {
   // Bidirectional: the whole clip's Stage-1 (and refined) latents, handed out chunk by chunk.
   at::Tensor clip_, refined_clip_;
   int64_t next_latent_ = 0;
+  std::atomic<bool> stopping_{false};
   std::unique_ptr<pipeline::StreamingPipeline> pipeline_;  // last: its threads use the above
   absl::Status failure_;
 };
@@ -491,12 +497,12 @@ class SanaRollout final : public ModelRollout {
 std::optional<pipeline::LatentChunk> SanaRollout::NextLatents() {
   const sana::StepCallback on_step = [this](int step, int total_steps) {
     control_.OnStep(ModelStage::kBackbone, step, total_steps);
-    return !control_.cancelled();
+    return !Stopping();
   };
   if (streaming_) {
     if (streaming_->done()) return std::nullopt;
     StageTimer timer(control_, ModelStage::kBackbone);
-    const std::function<bool()> cancelled = [this] { return control_.cancelled(); };
+    const std::function<bool()> cancelled = [this] { return Stopping(); };
     at::Tensor latents = shared_->batcher->NextChunk(*streaming_, on_step, cancelled);
     // The last chunk is done: stop holding batch-mates back at chunk boundaries.
     if (streaming_->done()) batch_membership_.reset();
@@ -516,7 +522,7 @@ std::optional<pipeline::LatentChunk> SanaRollout::NextLatents() {
           *shared_->refiner, clip_, *refiner_text_, shared_->refiner_options,
           [this, total](int step) {
             control_.OnStep(ModelStage::kRefiner, step, total);
-            return !control_.cancelled();
+            return !Stopping();
           });
     }
   }
