@@ -32,7 +32,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/model/ltx2_golden.h"
+#include "tests/model/model_test_util.h"
 #include "worker/models/ltx2/ltx2_transformer.h"
 #include "worker/models/ltx2/refiner.h"
 #include "worker/models/ltx2/refiner_config.h"
@@ -42,6 +42,11 @@
 
 namespace wmserve::worker::ltx2 {
 namespace {
+
+using test_util::FileExists;
+using test_util::GoldenDir;
+using test_util::MaxAbs;
+using test_util::RelErr;
 
 using sana::ConfigError;
 using sana::InvalidInputError;
@@ -56,15 +61,6 @@ constexpr double kSinusoidAbsTol = 1e-4;  // inter.timestep_sinusoid (README §5
 constexpr double kInvariantTol = 1e-5;  // two exact rewrites of the same arithmetic
 
 const char* const kGoldenName = "ltx2-refiner-tiny";
-
-double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
-
-double RelErr(const at::Tensor& got, const at::Tensor& ref) {
-  const at::Tensor g = got.to(at::kDouble), r = ref.to(at::kDouble);
-  const double scale = MaxAbs(r);
-  const double diff = MaxAbs(g.sub(r));
-  return scale > 0 ? diff / scale : diff;
-}
 
 double AbsErr(const at::Tensor& got, const at::Tensor& ref) {
   return MaxAbs(got.to(at::kDouble).sub(ref.to(at::kDouble)));
@@ -140,10 +136,10 @@ const Golden* LoadGolden() {
   static std::once_flag once;
   static Golden* golden = nullptr;
   std::call_once(once, [] {
-    const std::string dir = golden::GoldenDir(kGoldenName);
+    const std::string dir = GoldenDir(kGoldenName);
     for (const char* f : {"weights.safetensors", "forward.safetensors",
                           "refine_offline.safetensors", "refine_stream.safetensors"}) {
-      if (!golden::FileExists(dir + "/" + f)) return;
+      if (!FileExists(dir + "/" + f)) return;
     }
     auto g = new Golden();
     g->weights = std::make_unique<SafetensorsFile>(SafetensorsFile::Open(dir + "/weights.safetensors"));
@@ -164,7 +160,7 @@ const Golden* LoadGolden() {
 #define REQUIRE_GOLDEN(g)                                                                     \
   const Golden* g = LoadGolden();                                                             \
   if (!g) {                                                                                   \
-    GTEST_SKIP() << "golden data not found in " << golden::GoldenDir(kGoldenName)           \
+    GTEST_SKIP() << "golden data not found in " << GoldenDir(kGoldenName)           \
                  << " (set WMSERVE_GOLDEN_ROOT to the folder holding " << kGoldenName << ")"; \
   }
 
@@ -537,7 +533,7 @@ class Ltx2ForwardGoldenTest : public ::testing::Test {
   void SetUp() override {
     g_ = LoadGolden();
     if (!g_) {
-      GTEST_SKIP() << "golden data not found in " << golden::GoldenDir(kGoldenName)
+      GTEST_SKIP() << "golden data not found in " << GoldenDir(kGoldenName)
                    << " (set WMSERVE_GOLDEN_ROOT to the folder holding " << kGoldenName << ")";
     }
     f_ = g_->forward.get();

@@ -33,7 +33,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/model/ltx2_golden.h"
+#include "tests/model/model_test_util.h"
 #include "worker/models/ltx2/vae.h"
 #include "worker/models/ltx2/vae_config.h"
 #include "worker/models/ltx2/vae_ops.h"
@@ -44,19 +44,16 @@
 namespace wmserve::worker::ltx2 {
 namespace {
 
+using test_util::FileExists;
+using test_util::GoldenDir;
+using test_util::MaxAbs;
+using test_util::RelErr;
+using test_util::WriteFloatSafetensors;
+
 using ::testing::HasSubstr;
 
 constexpr double kGoldenTol = 1e-5;  // README §7, every output.* and inter.* tensor
 constexpr char kGoldenName[] = "ltx2-vae-tiny";
-
-double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
-
-double RelErr(const at::Tensor& got, const at::Tensor& ref) {
-  const at::Tensor r = ref.to(at::kDouble);
-  const double scale = MaxAbs(r);
-  const double diff = MaxAbs(got.to(at::kDouble).sub(r));
-  return scale > 0 ? diff / scale : diff;
-}
 
 // Worst error per golden tensor, printed at the end of the run for the record.
 std::map<std::string, double>& ErrorLog() {
@@ -131,40 +128,16 @@ std::string ReplaceOnce(std::string text, const std::string& from, const std::st
   return text.replace(at, from.size(), to);
 }
 
-// Writes float32 tensors as a safetensors file.
-void WriteSafetensors(const std::string& path,
-                      const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
-  std::string header = "{";
-  std::string data;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor t = tensors[i].second.to(at::kFloat).contiguous();
-    std::string shape = "[";
-    for (int64_t d = 0; d < t.dim(); ++d) shape += (d ? "," : "") + std::to_string(t.size(d));
-    shape += "]";
-    const size_t begin = data.size();
-    data.append(static_cast<const char*>(t.data_ptr()), t.numel() * sizeof(float));
-    header += (i ? "," : "") + std::string("\"") + tensors[i].first + "\":{\"dtype\":\"F32\"," +
-              "\"shape\":" + shape + ",\"data_offsets\":[" + std::to_string(begin) + "," +
-              std::to_string(data.size()) + "]}";
-  }
-  header += "}";
-  while (header.size() % 8) header += ' ';
-  std::ofstream out(path, std::ios::binary);
-  const uint64_t n = header.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out << header << data;
-}
-
 // =============================================================================================
 // Golden parity.
 
 class VaeGoldenTest : public ::testing::Test {
  protected:
-  static std::string Dir() { return golden::GoldenDir(kGoldenName); }
+  static std::string Dir() { return GoldenDir(kGoldenName); }
 
   static void SetUpTestSuite() {
     for (const char* name : {"weights.safetensors", "encode.safetensors", "decode.safetensors"}) {
-      if (!golden::FileExists(Dir() + "/" + name)) return;
+      if (!FileExists(Dir() + "/" + name)) return;
     }
     weights_ =
         std::make_unique<SafetensorsFile>(SafetensorsFile::Open(Dir() + "/weights.safetensors"));
@@ -514,7 +487,7 @@ TEST_F(VaeGoldenTest, BadWeightsFilesGivePreciseErrors) {
   tensors.emplace_back("decoder.up_blocks.0.resnets.1.conv1.conv.bias", at::zeros({32}));
   const std::string path =
       ::testing::TempDir() + "ltx2_vae_bad_weights_" + std::to_string(::getpid()) + ".safetensors";
-  WriteSafetensors(path, tensors);
+  WriteFloatSafetensors(path, tensors);
   VideoVae vae(vae_->config());
   try {
     vae.LoadWeights(SafetensorsFile::Open(path));

@@ -1,6 +1,7 @@
 // Tests for the SANA-WM camera preprocessing (worker/models/sana/camera.h): parity of every tensor
 // of the golden camera.safetensors (tolerance 1e-5 absolute, golden README §8), frame-count
 // rules, intrinsics handling, input validation and geometric invariants.
+#include "tests/model/model_test_util.h"
 #include "worker/models/sana/camera.h"
 
 #include <ATen/TensorOperators.h>
@@ -28,16 +29,12 @@
 namespace wmserve::worker::sana {
 namespace {
 
+using test_util::SanaGoldenDir;
+
 using ::testing::HasSubstr;
 
 constexpr double kCameraTolerance = 1e-5;  // absolute, golden README §8
 constexpr double kPi = 3.14159265358979323846;
-
-std::string GoldenDir() {
-  const char* env = std::getenv("WMSERVE_GOLDEN_DIR");
-  if (env != nullptr && *env != '\0') return env;
-  return std::string(WMSERVE_SOURCE_DIR) + "/../shared/golden/sana-wm-tiny";
-}
 
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
@@ -58,9 +55,9 @@ CameraGeometry Geometry(int spatial_stride) {
 class SanaCameraGolden : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string path = GoldenDir() + "/camera.safetensors";
+    const std::string path = SanaGoldenDir() + "/camera.safetensors";
     if (!std::ifstream(path).good()) {
-      GTEST_SKIP() << "golden data not found in " << GoldenDir() << " (set WMSERVE_GOLDEN_DIR)";
+      GTEST_SKIP() << "golden data not found in " << SanaGoldenDir() << " (set WMSERVE_GOLDEN_ROOT)";
     }
     file_.emplace(SafetensorsFile::Open(path));
   }
@@ -135,7 +132,7 @@ TEST_F(SanaCameraGolden, RayMatsAndAbsMapMatch) {
 }
 
 TEST_F(SanaCameraGolden, BidirectionalInputsAreTheCameraTensors) {
-  const std::string path = GoldenDir() + "/bidirectional.safetensors";
+  const std::string path = SanaGoldenDir() + "/bidirectional.safetensors";
   if (!std::ifstream(path).good()) GTEST_SKIP() << "no bidirectional.safetensors";
   const SafetensorsFile bidi = SafetensorsFile::Open(path);
   EXPECT_TRUE(at::equal(bidi.Load("input.camera_conditions"), Golden("tiny.camera_conditions")));

@@ -1,6 +1,7 @@
 // Tests for SanaConfig (worker/models/sana/sana_config.h): the two presets (file == compiled-in
 // copy, derived values per spec §1.1 / §1.6 / §9 and the golden README §2), reading the golden
 // files' `config` metadata, the JSON round trip, and Validate()'s messages.
+#include "tests/model/model_test_util.h"
 #include "worker/models/sana/sana_config.h"
 
 #include <cmath>
@@ -18,6 +19,8 @@
 namespace wmserve::worker::sana {
 namespace {
 
+using test_util::SanaGoldenDir;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -26,12 +29,6 @@ std::string ReadSource(const std::string& relative) {
   std::ostringstream buf;
   buf << in.rdbuf();
   return buf.str();
-}
-
-std::string GoldenDir() {
-  const char* env = std::getenv("WMSERVE_GOLDEN_DIR");
-  if (env != nullptr && *env != '\0') return env;
-  return std::string(WMSERVE_SOURCE_DIR) + "/../shared/golden/sana-wm-tiny";
 }
 
 TEST(SanaConfig, PresetFilesMatchTheCompiledInCopies) {
@@ -118,9 +115,9 @@ TEST(SanaConfig, ReleasePresetParsesAndValidates) {
 }
 
 TEST(SanaConfig, ReadsTheGoldenConfigMetadata) {
-  const std::string path = GoldenDir() + "/weights.safetensors";
+  const std::string path = SanaGoldenDir() + "/weights.safetensors";
   if (!std::ifstream(path).good()) {
-    GTEST_SKIP() << "golden data not found in " << GoldenDir() << " (set WMSERVE_GOLDEN_DIR)";
+    GTEST_SKIP() << "golden data not found in " << SanaGoldenDir() << " (set WMSERVE_GOLDEN_ROOT)";
   }
   const SafetensorsFile f = SafetensorsFile::Open(path);
   // The golden JSON has only diffusers keys; the tiny grid comes from the tiny defaults.

@@ -4,14 +4,14 @@
 //  * Golden parity with ../shared/golden/sana-wm-tiny/gdn_layer.safetensors (produced by the
 //    diffusers reference, `torch_chunk_sana_gdn` / `torch_chunk_cam_single_path_delta_rule`),
 //    err = max|port - ref| / max|ref| <= 1e-5 (README §8). The folder comes from
-//    $WMSERVE_GOLDEN_DIR, default <source>/../shared/golden/sana-wm-tiny; tests skip without it.
+//    $WMSERVE_GOLDEN_ROOT/sana-wm-tiny, default <source>/../shared/golden/sana-wm-tiny; tests skip without it.
 //    The layer-level tensors (block0.beta/decay, cam_raw, attn_out) additionally need
 //    weights.safetensors and bidirectional.safetensors from the same folder.
 //  * Invariants on random inputs: chunked == recurrent, bidirectional = forward-inclusive +
 //    backward-exclusive, streaming with a carried state == the causal scan, state size
 //    independent of the sequence length, fp32 compute for any input dtype, misuse errors.
+#include "tests/model/model_test_util.h"
 #include "worker/models/sana/gdn.h"
-#include "tests/model/sana_golden.h"
 
 #include <ATen/Context.h>
 #include <ATen/ops/abs.h>
@@ -46,6 +46,11 @@
 namespace wmserve::worker::sana {
 namespace {
 
+using test_util::FileExists;
+using test_util::MaxAbs;
+using test_util::RelErr;
+using test_util::SanaGoldenDir;
+
 using ::testing::HasSubstr;
 
 // README §8: syn.*, block0.main.*, block0.cam.* (float64 NumPy within 2e-7); block-level 1e-4.
@@ -53,14 +58,6 @@ constexpr double kGoldenTol = 1e-5;
 constexpr double kBlockTol = 1e-4;
 // Two fp32 evaluations of the same recurrence in different association orders.
 constexpr double kTightTol = 2e-6;
-
-double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
-
-double RelErr(const at::Tensor& got, const at::Tensor& ref) {
-  const double scale = MaxAbs(ref.to(at::kDouble));
-  const double diff = MaxAbs(got.to(at::kDouble).sub(ref.to(at::kDouble)));
-  return scale > 0 ? diff / scale : diff;
-}
 
 ::testing::AssertionResult Close(const at::Tensor& got, const at::Tensor& ref, double tol,
                                  const std::string& what) {
@@ -104,9 +101,7 @@ std::string Describe(const GdnScanOptions& o) {
 // ---------------------------------------------------------------------------------------------
 // Golden data.
 
-using golden::GoldenDir;
 
-using golden::FileExists;
 
 // Max errors seen per golden tensor, printed once at the end of the run for the record.
 std::vector<std::pair<std::string, double>>& ErrorLog() {
@@ -128,14 +123,14 @@ class ErrorReport : public ::testing::Environment {
 class GdnGoldenTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string path = GoldenDir() + "/gdn_layer.safetensors";
+    const std::string path = SanaGoldenDir() + "/gdn_layer.safetensors";
     if (FileExists(path)) file_ = std::make_unique<SafetensorsFile>(SafetensorsFile::Open(path));
   }
   static void TearDownTestSuite() { file_.reset(); }
   void SetUp() override {
     if (!file_) {
-      GTEST_SKIP() << "golden data not found: " << GoldenDir()
-                   << "/gdn_layer.safetensors (set WMSERVE_GOLDEN_DIR to the sana-wm-tiny folder)";
+      GTEST_SKIP() << "golden data not found: " << SanaGoldenDir()
+                   << "/gdn_layer.safetensors (set WMSERVE_GOLDEN_ROOT to the folder that holds sana-wm-tiny)";
     }
   }
 
@@ -310,13 +305,13 @@ class GdnGoldenLayerTest : public GdnGoldenTest {
     GdnGoldenTest::SetUp();
     if (IsSkipped()) return;
     for (const char* name : {"weights.safetensors", "bidirectional.safetensors"}) {
-      const std::string path = GoldenDir() + "/" + name;
+      const std::string path = SanaGoldenDir() + "/" + name;
       if (!FileExists(path)) GTEST_SKIP() << "golden data not found: " << path;
     }
     weights_ = std::make_unique<SafetensorsFile>(
-        SafetensorsFile::Open(GoldenDir() + "/weights.safetensors"));
+        SafetensorsFile::Open(SanaGoldenDir() + "/weights.safetensors"));
     bidir_ = std::make_unique<SafetensorsFile>(
-        SafetensorsFile::Open(GoldenDir() + "/bidirectional.safetensors"));
+        SafetensorsFile::Open(SanaGoldenDir() + "/bidirectional.safetensors"));
   }
   at::Tensor W(const std::string& name) const {
     return weights_->Load("blocks.0.attn." + name, at::kFloat);

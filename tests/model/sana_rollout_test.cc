@@ -10,8 +10,8 @@
 //  * BidirectionalRollout: runs, CFG scale 1 == no CFG, cancellation.
 //  * Co-batching: batched chunks of rollouts at different offsets == solo chunks; shape classes;
 //    a cancelled member leaves within one step; StreamingBatcher lockstep batches and cancel.
+#include "tests/model/model_test_util.h"
 #include "worker/models/sana/rollout.h"
-#include "tests/model/sana_golden.h"
 
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/equal.h>
@@ -46,18 +46,13 @@
 namespace wmserve::worker::sana {
 namespace {
 
+using test_util::FileExists;
+using test_util::RelErr;
+using test_util::SanaGoldenDir;
+
 constexpr double kStreamTol = 1e-5;  // streaming vs whole-sequence chunk-causal, float32
 
-using golden::GoldenDir;
 
-using golden::FileExists;
-
-double RelErr(const at::Tensor& got, const at::Tensor& ref) {
-  const at::Tensor r = ref.to(at::kDouble);
-  const double scale = r.abs().max().item<double>();
-  const double diff = got.to(at::kDouble).sub(r).abs().max().item<double>();
-  return scale > 0 ? diff / scale : diff;
-}
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -101,7 +96,7 @@ std::unique_ptr<SanaTransformer> RandomTinyModel(uint64_t seed) {
 }
 
 std::unique_ptr<SanaTransformer> GoldenTinyModel() {
-  const std::string dir = GoldenDir();
+  const std::string dir = SanaGoldenDir();
   if (!FileExists(dir + "/weights.safetensors") || !FileExists(dir + "/bidirectional.safetensors")) {
     return nullptr;
   }
@@ -221,7 +216,7 @@ TEST(SanaStreamingForwardTest, RandomWeightsStreamingEqualsChunkCausal) {
 
 TEST(SanaStreamingForwardTest, GoldenWeightsStreamingEqualsChunkCausal) {
   const auto model = GoldenTinyModel();
-  if (!model) GTEST_SKIP() << "golden data not found in " << GoldenDir();
+  if (!model) GTEST_SKIP() << "golden data not found in " << SanaGoldenDir();
   ExpectStreamingMatchesChunkCausal(*model, "golden weights");
 }
 

@@ -21,11 +21,14 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/model/model_test_util.h"
 #include "worker/models/sana/json.h"
 #include "worker/models/sana/safetensors.h"
 
 namespace wmserve::worker::sana {
 namespace {
+
+using test_util::SanaGoldenDir;
 
 using ::testing::HasSubstr;
 
@@ -483,16 +486,10 @@ TEST_F(SanaSafetensors, TruncatedAndBitFlippedFilesNeverCrash) {
 // ---------------------------------------------------------------------------------------------
 // Golden files (skipped when absent).
 
-std::string GoldenDir() {
-  const char* env = std::getenv("WMSERVE_GOLDEN_DIR");
-  if (env != nullptr && *env != '\0') return env;
-  return std::string(WMSERVE_SOURCE_DIR) + "/../shared/golden/sana-wm-tiny";
-}
-
 TEST(SanaSafetensorsGolden, OpensEveryGoldenFile) {
-  const std::string dir = GoldenDir();
+  const std::string dir = SanaGoldenDir();
   if (!std::ifstream(dir + "/weights.safetensors").good()) {
-    GTEST_SKIP() << "golden data not found in " << dir << " (set WMSERVE_GOLDEN_DIR)";
+    GTEST_SKIP() << "golden data not found in " << dir << " (set WMSERVE_GOLDEN_ROOT)";
   }
   const SafetensorsFile weights = SafetensorsFile::Open(dir + "/weights.safetensors");
   EXPECT_EQ(weights.size(), 361u);

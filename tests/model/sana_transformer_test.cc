@@ -5,12 +5,12 @@
 //    is loaded, and the README §3 call is run. Compared with err = max|port - ref| / max|ref|:
 //    output.sample and every block.{i}.* tensor within 1e-4, inter.* within 1e-5 (README §8),
 //    gdn_layer.safetensors' block0.* scan arguments within 1e-5; the semantics variants
-//    (README §5) with the matching SanaForwardOptions. The folder comes from $WMSERVE_GOLDEN_DIR,
+//    (README §5) with the matching SanaForwardOptions. The folder comes from $WMSERVE_GOLDEN_ROOT/sana-wm-tiny,
 //    default <source>/../shared/golden/sana-wm-tiny; the tests skip without it.
 //  * ExpectedParameters == weights.safetensors (names and shapes); the 2.6B preset's count.
 //  * bf16 forward stays close to fp32; precise errors for bad weights files and inputs.
+#include "tests/model/model_test_util.h"
 #include "worker/models/sana/transformer.h"
-#include "tests/model/sana_golden.h"
 
 #include <ATen/ATen.h>
 #include <ATen/ops/isfinite.h>
@@ -41,23 +41,19 @@
 namespace wmserve::worker::sana {
 namespace {
 
+using test_util::FileExists;
+using test_util::MaxAbs;
+using test_util::RelErr;
+using test_util::SanaGoldenDir;
+using test_util::WriteFloatSafetensors;
+
 using ::testing::HasSubstr;
 
 constexpr double kBlockTol = 1e-4;   // output.sample, block.{i}.* (README §8)
 constexpr double kInterTol = 1e-5;   // inter.*, block0 scan arguments
 constexpr double kBf16SdpaTol = 2e-3;  // *_bf16_sdpa outputs
 
-double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
 
-double RelErr(const at::Tensor& got, const at::Tensor& ref) {
-  const double scale = MaxAbs(ref.to(at::kDouble));
-  const double diff = MaxAbs(got.to(at::kDouble).sub(ref.to(at::kDouble)));
-  return scale > 0 ? diff / scale : diff;
-}
-
-using golden::GoldenDir;
-
-using golden::FileExists;
 
 // Worst error per golden tensor, printed at the end of the run for the record.
 std::map<std::string, double>& ErrorLog() {
@@ -101,15 +97,15 @@ class SanaTransformerGoldenTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     for (const char* name : {"weights.safetensors", "bidirectional.safetensors"}) {
-      if (!FileExists(GoldenDir() + "/" + name)) return;
+      if (!FileExists(SanaGoldenDir() + "/" + name)) return;
     }
     weights_ = std::make_unique<SafetensorsFile>(
-        SafetensorsFile::Open(GoldenDir() + "/weights.safetensors"));
+        SafetensorsFile::Open(SanaGoldenDir() + "/weights.safetensors"));
     bidir_ = std::make_unique<SafetensorsFile>(
-        SafetensorsFile::Open(GoldenDir() + "/bidirectional.safetensors"));
-    if (FileExists(GoldenDir() + "/gdn_layer.safetensors")) {
+        SafetensorsFile::Open(SanaGoldenDir() + "/bidirectional.safetensors"));
+    if (FileExists(SanaGoldenDir() + "/gdn_layer.safetensors")) {
       gdn_ = std::make_unique<SafetensorsFile>(
-          SafetensorsFile::Open(GoldenDir() + "/gdn_layer.safetensors"));
+          SafetensorsFile::Open(SanaGoldenDir() + "/gdn_layer.safetensors"));
     }
     model_ = std::make_unique<SanaTransformer>(
         SanaConfig::FromDiffusersJson(bidir_->Metadata("config")));
@@ -136,8 +132,8 @@ class SanaTransformerGoldenTest : public ::testing::Test {
   }
   void SetUp() override {
     if (!model_) {
-      GTEST_SKIP() << "golden data not found in " << GoldenDir()
-                   << " (set WMSERVE_GOLDEN_DIR to the sana-wm-tiny folder)";
+      GTEST_SKIP() << "golden data not found in " << SanaGoldenDir()
+                   << " (set WMSERVE_GOLDEN_ROOT to the folder that holds sana-wm-tiny)";
     }
   }
 
@@ -185,7 +181,7 @@ TEST_F(SanaTransformerGoldenTest, EveryBlockTensor) {
 // gdn_layer.safetensors: block 0's gates and the exact arguments of the first (forward) scan
 // call of each branch, plus the branch outputs.
 TEST_F(SanaTransformerGoldenTest, Block0ScanArguments) {
-  if (!gdn_) GTEST_SKIP() << "gdn_layer.safetensors not found in " << GoldenDir();
+  if (!gdn_) GTEST_SKIP() << "gdn_layer.safetensors not found in " << SanaGoldenDir();
   auto g = [](const std::string& name) { return gdn_->Load(name, at::kFloat); };
   EXPECT_TRUE(Close(Tapped("block.0.attn_in"), g("block0.attn_in"), kInterTol, "block0.attn_in"));
   EXPECT_TRUE(Close(Tapped("block.0.beta"), g("block0.beta"), kInterTol, "block0.beta"));
@@ -281,30 +277,6 @@ TEST_F(SanaTransformerGoldenTest, RopeTableMatchesBitForBit) {
 // ---------------------------------------------------------------------------------------------
 // Weights-file errors.
 
-// Writes float32 tensors as a safetensors file.
-void WriteSafetensors(const std::string& path,
-                      const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
-  std::string header = "{";
-  std::string data;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor t = tensors[i].second.to(at::kFloat).contiguous();
-    std::string shape = "[";
-    for (int64_t d = 0; d < t.dim(); ++d) shape += (d ? "," : "") + std::to_string(t.size(d));
-    shape += "]";
-    const size_t begin = data.size();
-    data.append(static_cast<const char*>(t.data_ptr()), t.numel() * sizeof(float));
-    header += (i ? "," : "") + std::string("\"") + tensors[i].first + "\":{\"dtype\":\"F32\"," +
-              "\"shape\":" + shape + ",\"data_offsets\":[" + std::to_string(begin) + "," +
-              std::to_string(data.size()) + "]}";
-  }
-  header += "}";
-  while (header.size() % 8) header += ' ';
-  std::ofstream out(path, std::ios::binary);
-  const uint64_t n = header.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out << header << data;
-}
-
 TEST_F(SanaTransformerGoldenTest, BadWeightsFilesGivePreciseErrors) {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const std::string& name : weights_->names()) {
@@ -317,7 +289,7 @@ TEST_F(SanaTransformerGoldenTest, BadWeightsFilesGivePreciseErrors) {
   tensors.emplace_back("pos_embed", at::randn({1, 4, 64}));                      // ignored
   const std::string path = ::testing::TempDir() + "sana_bad_weights_" +
                            std::to_string(::getpid()) + ".safetensors";
-  WriteSafetensors(path, tensors);
+  WriteFloatSafetensors(path, tensors);
   SanaTransformer model(model_->config());
   try {
     model.LoadWeights(SafetensorsFile::Open(path));
@@ -337,7 +309,7 @@ TEST_F(SanaTransformerGoldenTest, BadWeightsFilesGivePreciseErrors) {
     tensors.emplace_back(name, weights_->Load(name, at::kFloat));
   }
   tensors.emplace_back("pos_embed", at::randn({1, 4, 64}));
-  WriteSafetensors(path, tensors);
+  WriteFloatSafetensors(path, tensors);
   EXPECT_NO_THROW(model.LoadWeights(SafetensorsFile::Open(path)));
   EXPECT_TRUE(model.loaded());
   std::remove(path.c_str());
