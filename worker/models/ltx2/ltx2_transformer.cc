@@ -32,6 +32,7 @@
 
 namespace wmserve::worker::ltx2 {
 
+using sana::StoreParameter;
 using sana::InvalidInputError;
 using sana::SafetensorsError;
 
@@ -538,12 +539,7 @@ void Ltx2Transformer::LoadFrom(const Ltx2TensorSource& source, c10::ScalarType d
   }
   ForEachParameter(config_, &fresh,
                    [&](const std::string& name, std::vector<int64_t> shape, at::Tensor* slot) {
-                     at::Tensor value = source(name, shape);
-                     if (slot->defined()) {
-                       slot->copy_(value);
-                     } else {
-                       *slot = std::move(value);
-                     }
+                     StoreParameter(slot, source(name, shape));
                    });
   weights_ = std::move(fresh);
   dtype_ = dtype;

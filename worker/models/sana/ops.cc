@@ -25,6 +25,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace wmserve::worker::sana {
 namespace {
@@ -159,6 +160,14 @@ at::Tensor ApplyRopeLastDim(const at::Tensor& x, const RopeTable& table, bool in
 
 at::Tensor ApplyRopeHeadsFirst(const at::Tensor& x, const RopeTable& table) {
   return ApplyRopeLastDim(x.transpose(-1, -2), table).transpose(-1, -2);
+}
+
+void StoreParameter(at::Tensor* slot, at::Tensor value) {
+  if (slot->defined()) {
+    slot->copy_(value);
+  } else {
+    *slot = std::move(value);
+  }
 }
 
 at::Tensor ScaledDotProductAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -70,6 +70,10 @@ at::Tensor ApplyRopeLastDim(const at::Tensor& x, const RopeTable& table, bool in
 // The same on the reference's (B, H, D, N) layout: pairs along D (`_apply_rotary_emb`).
 at::Tensor ApplyRopeHeadsFirst(const at::Tensor& x, const RopeTable& table);
 
+// Stores a loaded parameter: in place when its slot is already a view into a fused buffer
+// (q/k/v projections kept as one GEMM's weight), otherwise by taking the tensor.
+void StoreParameter(at::Tensor* slot, at::Tensor value);
+
 // --- attention -------------------------------------------------------------------------------
 
 // softmax(q k^T / sqrt(D) + mask) v with q (..., Nq, D), k/v (..., Nk, D) and an optional

@@ -200,12 +200,7 @@ void SanaTransformer::LoadFrom(const SanaTensorSource& source, c10::ScalarType d
   }
   ForEachParameter(config_, &fresh,
                    [&](const std::string& name, std::vector<int64_t> shape, at::Tensor* slot) {
-                     at::Tensor value = source(name, shape);
-                     if (slot->defined()) {
-                       slot->copy_(value);
-                     } else {
-                       *slot = std::move(value);
-                     }
+                     StoreParameter(slot, source(name, shape));
                    });
   weights_ = std::move(fresh);
   dtype_ = dtype;
