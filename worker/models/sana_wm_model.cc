@@ -58,6 +58,7 @@
 #include "worker/models/sana/camera.h"
 #include "worker/models/sana/dummy_weights.h"
 #include "worker/models/sana/errors.h"
+#include "worker/models/sana/ops.h"
 #include "worker/models/sana/rollout.h"
 #include "worker/models/sana/safetensors.h"
 #include "worker/models/sana/sampler.h"
@@ -239,13 +240,8 @@ uint64_t EstimateRolloutBytes(const SanaConfig& cfg, const ltx2::VaeConfig& vae_
 // A built-in placeholder prompt: (length, channels) N(0, 1) from a fixed seed, drawn on the CPU
 // so it is the same on every worker.
 at::Tensor PlaceholderPrompt(int64_t length, int64_t channels, uint64_t seed) {
-  at::Generator gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU)).clone();
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(seed);
-  }
   at::Tensor y = at::empty({length, channels}, at::kFloat);
-  y.normal_(0.0, 1.0, gen);
+  y.normal_(0.0, 1.0, sana::SeededGenerator(c10::Device(c10::kCPU), seed));
   return y;
 }
 

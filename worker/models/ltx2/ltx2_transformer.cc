@@ -36,16 +36,13 @@ using sana::StoreParameter;
 using sana::InvalidInputError;
 using sana::SafetensorsError;
 
+using sana::SeededGenerator;
+using sana::ShapeOf;
+using sana::TensorSeed;
+
 namespace {
 
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
-std::string Shape(const std::vector<int64_t>& shape) { return sana::ShapeString(shape); }
+std::string ShapeOf(const std::vector<int64_t>& shape) { return sana::ShapeString(shape); }
 
 [[noreturn]] void BadInput(const std::string& where, const std::string& message) {
   throw InvalidInputError(where + ": " + message);
@@ -178,35 +175,10 @@ at::Tensor AdditiveMask(const at::Tensor& mask, c10::ScalarType dtype) {
 
 // --- dummy weights ----------------------------------------------------------------------------
 
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t ParameterSeed(uint64_t seed, const std::string& name) {
-  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
-  for (unsigned char ch : name) {
-    h ^= ch;
-    h *= 0x100000001b3ULL;
-  }
-  return Mix(seed ^ Mix(h));
-}
-
-// A private generator of the device's type, so the draws neither depend on nor disturb the
-// process's global RNG state.
-at::Generator MakeGenerator(c10::Device device, uint64_t seed) {
-  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_current_seed(seed);
-  return gen;
-}
-
 at::Tensor DummyParameter(const std::string& name, const std::vector<int64_t>& shape,
                           uint64_t seed, c10::Device device) {
   at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(device));
-  at::Generator gen = MakeGenerator(device, ParameterSeed(seed, name));
+  at::Generator gen = SeededGenerator(device, TensorSeed(seed, name));
   if (EndsWith(name, "scale_shift_table")) {
     return t.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(shape.back())), gen);
   }
@@ -320,7 +292,7 @@ at::Tensor ApplySplitRope(const at::Tensor& x, const Ltx2RopeTable& table) {
   const int64_t n = table.tokens();
   if (!x.defined() || x.dim() != 3 || x.size(1) != n || n == 0 ||
       x.size(2) != 2 * table.cos.size(1) * table.cos.size(2)) {
-    BadInput("ApplySplitRope", "x has shape " + Shape(x) + ", expected (B, N=" +
+    BadInput("ApplySplitRope", "x has shape " + ShapeOf(x) + ", expected (B, N=" +
                                    std::to_string(n) + ", " +
                                    std::to_string(table.cos.defined()
                                                       ? 2 * table.cos.size(1) * table.cos.size(2)
@@ -341,7 +313,7 @@ at::Tensor ApplySplitRope(const at::Tensor& x, const Ltx2RopeTable& table) {
 
 at::Tensor PackLatentTokens(const at::Tensor& latents) {
   if (!latents.defined() || latents.dim() != 5) {
-    BadInput("PackLatentTokens", "latents have shape " + Shape(latents) +
+    BadInput("PackLatentTokens", "latents have shape " + ShapeOf(latents) +
                                      ", expected (B, C, T, H, W)");
   }
   const int64_t b = latents.size(0), c = latents.size(1);
@@ -351,7 +323,7 @@ at::Tensor PackLatentTokens(const at::Tensor& latents) {
 at::Tensor UnpackLatentTokens(const at::Tensor& tokens, int64_t frames, int64_t height,
                               int64_t width) {
   if (!tokens.defined() || tokens.dim() != 3 || tokens.size(1) != frames * height * width) {
-    BadInput("UnpackLatentTokens", "tokens have shape " + Shape(tokens) + ", expected (B, " +
+    BadInput("UnpackLatentTokens", "tokens have shape " + ShapeOf(tokens) + ", expected (B, " +
                                        std::to_string(frames * height * width) + ", C)");
   }
   const int64_t b = tokens.size(0), c = tokens.size(2);
@@ -378,7 +350,7 @@ Ltx2Timesteps Ltx2Timesteps::Grouped(at::Tensor values, std::vector<int64_t> len
 
 Ltx2Timesteps Ltx2Timesteps::Uniform(at::Tensor values, int64_t tokens) {
   if (!values.defined() || values.dim() != 1) {
-    BadInput("Ltx2Timesteps::Uniform", "values have shape " + Shape(values) + ", expected (B,)");
+    BadInput("Ltx2Timesteps::Uniform", "values have shape " + ShapeOf(values) + ", expected (B,)");
   }
   return Grouped(values.unsqueeze(1), {tokens});
 }
@@ -508,7 +480,7 @@ void Ltx2Transformer::LoadWeights(const Ltx2TensorSource& source, c10::ScalarTyp
     at::Tensor value = source(name, shape);
     if (!value.defined() || value.sizes() != c10::IntArrayRef(shape)) {
       throw SafetensorsError("Ltx2Transformer::LoadWeights: tensor '" + name + "' has shape " +
-                             Shape(value) + ", expected " + Shape(shape));
+                             ShapeOf(value) + ", expected " + ShapeOf(shape));
     }
     return value.to(device, dtype);
   }, dtype, device);
@@ -593,13 +565,13 @@ Ltx2TextContext Ltx2Transformer::PrepareText(const at::Tensor& text, const at::T
   constexpr const char* kWhere = "Ltx2Transformer::PrepareText";
   if (!text.defined() || text.dim() != 3 || text.size(0) < 1 || text.size(1) < 1 ||
       text.size(2) != config_.caption_channels) {
-    BadInput(kWhere, "text has shape " + Shape(text) + ", expected (B, L, " +
+    BadInput(kWhere, "text has shape " + ShapeOf(text) + ", expected (B, L, " +
                          std::to_string(config_.caption_channels) + ")");
   }
   if (!at::isfinite(text).all().item<bool>()) BadInput(kWhere, "text has non-finite values");
   const int64_t b = text.size(0), l = text.size(1);
   if (mask.defined() && mask.sizes() != c10::IntArrayRef({b, l})) {
-    BadInput(kWhere, "mask has shape " + Shape(mask) + ", expected (B, L) = [" +
+    BadInput(kWhere, "mask has shape " + ShapeOf(mask) + ", expected (B, L) = [" +
                          std::to_string(b) + ", " + std::to_string(l) + "]");
   }
   at::NoGradGuard no_grad;
@@ -654,20 +626,20 @@ Ltx2ForwardResult Ltx2Transformer::Forward(const at::Tensor& tokens,
   // --- input checks ------------------------------------------------------------------------
   if (!tokens.defined() || tokens.dim() != 3 || tokens.size(0) < 1 || tokens.size(1) < 1 ||
       tokens.size(2) != cfg.in_channels) {
-    BadInput(kWhere, "tokens have shape " + Shape(tokens) + ", expected (B, N, " +
+    BadInput(kWhere, "tokens have shape " + ShapeOf(tokens) + ", expected (B, N, " +
                          std::to_string(cfg.in_channels) + ")");
   }
   const int64_t b = tokens.size(0), n = tokens.size(1);
   if (rope.tokens() != n || rope.cos.size(1) != heads ||
       rope.cos.size(2) != cfg.rope_slots_per_head()) {
-    BadInput(kWhere, "RoPE table has shape " + Shape(rope.cos) + ", expected (N=" +
+    BadInput(kWhere, "RoPE table has shape " + ShapeOf(rope.cos) + ", expected (N=" +
                          std::to_string(n) + ", " + std::to_string(heads) + ", " +
                          std::to_string(cfg.rope_slots_per_head()) + ")");
   }
   if (!timesteps.values.defined()) BadInput(kWhere, "timesteps are undefined");
   if (timesteps.per_token()) {
     if (timesteps.values.sizes() != c10::IntArrayRef({b, n})) {
-      BadInput(kWhere, "per-token timesteps have shape " + Shape(timesteps.values) +
+      BadInput(kWhere, "per-token timesteps have shape " + ShapeOf(timesteps.values) +
                            ", expected (B, N) = [" + std::to_string(b) + ", " +
                            std::to_string(n) + "]");
     }
@@ -680,14 +652,14 @@ Ltx2ForwardResult Ltx2Transformer::Forward(const at::Tensor& tokens,
       positive = positive && len >= 1;
     }
     if (timesteps.values.sizes() != c10::IntArrayRef({b, g}) || sum != n || !positive) {
-      BadInput(kWhere, "grouped timesteps have values " + Shape(timesteps.values) + " and " +
+      BadInput(kWhere, "grouped timesteps have values " + ShapeOf(timesteps.values) + " and " +
                            std::to_string(g) + " groups of " + std::to_string(sum) +
                            " tokens, expected (B=" + std::to_string(b) +
                            ", G) and positive group lengths summing to N=" + std::to_string(n));
     }
   }
   if (text.batch() != b || text.projected.size(2) != d) {
-    BadInput(kWhere, "text context has projected text " + Shape(text.projected) +
+    BadInput(kWhere, "text context has projected text " + ShapeOf(text.projected) +
                          ", expected (B=" + std::to_string(b) + ", L, " + std::to_string(d) + ")");
   }
   if (text.cached() && (static_cast<int>(text.k.size()) != layers ||
@@ -703,7 +675,7 @@ Ltx2ForwardResult Ltx2Transformer::Forward(const at::Tensor& tokens,
     const bool batched = m.dim() == 4 && m.size(0) == b && m.size(1) == 1 && m.size(2) == n &&
                          m.size(3) == n;
     if (!square && !batched) {
-      BadInput(kWhere, "self_attention_mask has shape " + Shape(m) + ", expected (N, N) or " +
+      BadInput(kWhere, "self_attention_mask has shape " + ShapeOf(m) + ", expected (N, N) or " +
                            "(B, 1, N, N) with N=" + std::to_string(n));
     }
     if (m.scalar_type() == at::kBool && !m.any(-1).all().item<bool>()) {
@@ -728,7 +700,7 @@ Ltx2ForwardResult Ltx2Transformer::Forward(const at::Tensor& tokens,
           kv.k.size(0) != b || kv.k.size(2) != d || kv.k.size(1) < prefix + n ||
           kv.k.scalar_type() != dtype_ || kv.v.scalar_type() != dtype_ ||
           kv.k.device() != device_ || kv.v.device() != device_) {
-        BadInput(kWhere, "K/V workspace " + Shape(kv.k) + " / " + Shape(kv.v) +
+        BadInput(kWhere, "K/V workspace " + ShapeOf(kv.k) + " / " + ShapeOf(kv.v) +
                              " is not (B=" + std::to_string(b) + ", >= prefix + N = " +
                              std::to_string(prefix + n) + ", D=" + std::to_string(d) +
                              ") in the model's dtype on its device");

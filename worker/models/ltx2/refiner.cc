@@ -19,20 +19,17 @@
 #include <utility>
 
 #include "worker/models/sana/errors.h"
+#include "worker/models/sana/ops.h"
 
 namespace wmserve::worker::ltx2 {
 
 using sana::InvalidInputError;
 using sana::RolloutCancelled;
 
-namespace {
+using sana::SeededGenerator;
+using sana::ShapeOf;
 
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
+namespace {
 
 [[noreturn]] void BadInput(const std::string& where, const std::string& message) {
   throw InvalidInputError(where + ": " + message);
@@ -42,7 +39,7 @@ std::string Shape(const at::Tensor& t) {
 void CheckLatents(const char* where, const char* what, const at::Tensor& t, int64_t channels) {
   if (!t.defined() || t.dim() != 5 || t.size(0) < 1 || t.size(1) != channels || t.size(2) < 1 ||
       t.size(3) < 1 || t.size(4) < 1) {
-    BadInput(where, std::string(what) + " has shape " + Shape(t) + ", expected (B, " +
+    BadInput(where, std::string(what) + " has shape " + ShapeOf(t) + ", expected (B, " +
                         std::to_string(channels) + ", T, H, W)");
   }
   if (!c10::isFloatingType(t.scalar_type())) {
@@ -54,15 +51,6 @@ void CheckFinite(const char* where, const char* what, const at::Tensor& t) {
   if (!at::isfinite(t).all().item<bool>()) {
     BadInput(where, std::string(what) + " has non-finite values");
   }
-}
-
-// A private generator of the device's type seeded with `seed` (neither depends on nor disturbs
-// the process's global RNG state).
-at::Generator SeededGenerator(c10::Device device, uint64_t seed) {
-  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_current_seed(seed);
-  return gen;
 }
 
 // at::randn takes the generator's lock itself.
@@ -129,7 +117,7 @@ at::Tensor RefineOffline(const Ltx2Transformer& model, const at::Tensor& z, cons
   }
   const int64_t current = frames - sink;
   if (!eps.defined() || eps.sizes() != c10::IntArrayRef({b, cfg.in_channels, current, height, width})) {
-    BadInput(kWhere, "eps has shape " + Shape(eps) + ", expected (B, C, T - sink_size, H, W) = [" +
+    BadInput(kWhere, "eps has shape " + ShapeOf(eps) + ", expected (B, C, T - sink_size, H, W) = [" +
                          std::to_string(b) + ", " + std::to_string(cfg.in_channels) + ", " +
                          std::to_string(current) + ", " + std::to_string(height) + ", " +
                          std::to_string(width) + "]");
@@ -213,7 +201,7 @@ RefinerChunkRunner::RefinerChunkRunner(std::shared_ptr<const Ltx2Transformer> mo
     throw std::invalid_argument("RefinerChunkRunner: the transformer has no weights loaded");
   }
   if (text_.batch() < 1 || text_.projected.size(2) != model_->config().inner_dim()) {
-    BadInput("RefinerChunkRunner", "text context has projected text " + Shape(text_.projected) +
+    BadInput("RefinerChunkRunner", "text context has projected text " + ShapeOf(text_.projected) +
                                        ", expected (B, L, " +
                                        std::to_string(model_->config().inner_dim()) + ")");
   }
@@ -294,7 +282,7 @@ void RefinerChunkRunner::CheckBlock(const char* where, const at::Tensor& z_block
   CheckLatents(where, "z_block", z_block, cfg.in_channels);
   if (z_block.size(0) != batch_ || z_block.size(3) != height_ || z_block.size(4) != width_ ||
       z_block.size(2) > options_.block_size) {
-    BadInput(where, "z_block has shape " + Shape(z_block) + ", expected (B=" +
+    BadInput(where, "z_block has shape " + ShapeOf(z_block) + ", expected (B=" +
                         std::to_string(batch_) + ", " + std::to_string(cfg.in_channels) + ", 1.." +
                         std::to_string(options_.block_size) + ", " + std::to_string(height_) +
                         ", " + std::to_string(width_) + ") like the sink");
@@ -318,7 +306,7 @@ at::Tensor RefinerChunkRunner::RefineBlock(const at::Tensor& z_block, const at::
   constexpr const char* kWhere = "RefinerChunkRunner::RefineBlock";
   CheckBlock(kWhere, z_block);
   if (!eps.defined() || eps.sizes() != z_block.sizes()) {
-    BadInput(kWhere, "eps has shape " + Shape(eps) + ", expected z_block's " + Shape(z_block));
+    BadInput(kWhere, "eps has shape " + ShapeOf(eps) + ", expected z_block's " + ShapeOf(z_block));
   }
   CheckFinite(kWhere, "eps", eps);
   return RefineBlockImpl(z_block, eps, on_step, tap);

@@ -15,7 +15,13 @@
 #include <stdexcept>
 #include <utility>
 
+#include "worker/models/sana/ops.h"
+
 namespace wmserve::worker::ltx2 {
+using sana::SeededGenerator;
+using sana::ShapeOf;
+using sana::TensorSeed;
+
 namespace {
 
 using EncoderParams = VideoVae::EncoderParams;
@@ -23,13 +29,6 @@ using DecoderParams = VideoVae::DecoderParams;
 using ResnetParams = VideoVae::ResnetParams;
 
 constexpr int64_t kKernelVolume = 27;  // every conv is 3x3x3 (ltx2-spec §1.9)
-
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::ostringstream s;
-  s << t.sizes();
-  return s.str();
-}
 
 SpatialPadding ParsePadding(const std::string& mode) {
   return mode == "reflect" ? SpatialPadding::kReflect : SpatialPadding::kZeros;
@@ -126,33 +125,10 @@ int64_t DecoderConvCount(const DecoderParams& d) {
 
 // --- dummy weights ---------------------------------------------------------------------------
 
-// splitmix64 finaliser: decorrelates seeds that differ in a few bits.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// FNV-1a of the tensor name mixed with the model seed: each tensor's values depend on (seed,
-// name) only, not on the load order.
-uint64_t TensorSeed(uint64_t seed, const std::string& name) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char ch : name) {
-    h ^= ch;
-    h *= 0x100000001b3ULL;
-  }
-  return Mix(seed ^ Mix(h));
-}
-
 // Standard normal float32 values from a private generator (a reseeded clone of the device's
 // default one, so the process's global RNG is neither used nor disturbed).
 at::Tensor StandardNormal(const std::vector<int64_t>& shape, uint64_t seed, c10::Device device) {
-  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(seed);
-  }
+  at::Generator gen = SeededGenerator(device, seed);
   at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(device));
   out.normal_(0.0, 1.0, gen);
   return out;
@@ -297,8 +273,8 @@ const at::Tensor& VideoVae::Parameter(const std::string& name) const {
 void VideoVae::SetParameter(const std::string& name, const at::Tensor& value) {
   const at::Tensor& slot = Parameter(name);
   if (!value.defined() || value.sizes() != slot.sizes()) {
-    throw std::invalid_argument("VideoVae::SetParameter: '" + name + "' has shape " + Shape(slot) +
-                                ", got " + Shape(value));
+    throw std::invalid_argument("VideoVae::SetParameter: '" + name + "' has shape " + ShapeOf(slot) +
+                                ", got " + ShapeOf(value));
   }
   c10::NoGradGuard no_grad;
   slot.copy_(value);  // in place: the bound ConvParams share this storage
@@ -321,7 +297,7 @@ at::Tensor VideoVae::CheckedPixels(const at::Tensor& pixels, const char* what) c
   if (!pixels.defined() || pixels.dim() != 5 || pixels.size(0) < 1 ||
       pixels.size(1) != config_.in_channels || !pixels.is_floating_point()) {
     throw InvalidInputError(
-        std::string(what) + ": pixels has shape " + Shape(pixels) +
+        std::string(what) + ": pixels has shape " + ShapeOf(pixels) +
         (pixels.defined() && !pixels.is_floating_point() ? " and a non-floating-point dtype" : "") +
         ", " + expected);
   }
@@ -342,7 +318,7 @@ at::Tensor VideoVae::CheckedLatents(const at::Tensor& latents, const char* what)
   if (!latents.defined() || latents.dim() != 5 || latents.size(0) < 1 ||
       latents.size(1) != config_.latent_channels || latents.size(2) < 1 || latents.size(3) < 1 ||
       latents.size(4) < 1 || !latents.is_floating_point()) {
-    throw InvalidInputError(std::string(what) + ": latents has shape " + Shape(latents) +
+    throw InvalidInputError(std::string(what) + ": latents has shape " + ShapeOf(latents) +
                             ", expected floating-point (B, " +
                             std::to_string(config_.latent_channels) + ", T, h, w) with T >= 1");
   }
@@ -529,7 +505,7 @@ at::Tensor VideoVae::DecodeStreaming(const at::Tensor& mean, DecoderStreamState*
     const at::Tensor& first = state->conv_frames.front();
     if (first.defined() &&
         (first.size(0) != x.size(0) || first.size(3) != x.size(3) || first.size(4) != x.size(4))) {
-      throw InvalidInputError("DecodeStreaming: latents has shape " + Shape(x) +
+      throw InvalidInputError("DecodeStreaming: latents has shape " + ShapeOf(x) +
                               " but the stream was started with batch " +
                               std::to_string(first.size(0)) + " and " +
                               std::to_string(first.size(3)) + "x" + std::to_string(first.size(4)) +

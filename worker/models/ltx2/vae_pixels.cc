@@ -10,18 +10,14 @@
 #include <vector>
 
 #include "worker/models/sana/errors.h"
+#include "worker/models/sana/ops.h"
 
 namespace wmserve::worker::ltx2 {
+using sana::ShapeOf;
+
 namespace {
 
 using sana::InvalidInputError;
-
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::ostringstream s;
-  s << t.sizes();
-  return s.str();
-}
 
 }  // namespace
 
@@ -36,7 +32,7 @@ at::Tensor ToUint8Rgb(const at::Tensor& pixels) {
 
 at::Tensor ToUint8Frames(const at::Tensor& pixels, int64_t batch_index) {
   if (!pixels.defined() || pixels.dim() != 5 || pixels.size(1) != 3) {
-    throw InvalidInputError("ToUint8Frames: pixels has shape " + Shape(pixels) +
+    throw InvalidInputError("ToUint8Frames: pixels has shape " + ShapeOf(pixels) +
                             ", expected (B, 3, T, H, W)");
   }
   if (batch_index < 0 || batch_index >= pixels.size(0)) {

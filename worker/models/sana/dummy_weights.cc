@@ -1,8 +1,6 @@
 // Seeded random weights for SanaTransformer (see dummy_weights.h for the recipe).
 #include "worker/models/sana/dummy_weights.h"
 
-#include <ATen/Context.h>
-#include <ATen/core/Generator.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/ones.h>
@@ -11,9 +9,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <string_view>
 #include <utility>
+
+#include "worker/models/sana/ops.h"
 
 namespace wmserve::worker::sana {
 namespace {
@@ -29,37 +28,10 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// splitmix64 finaliser: decorrelates seeds that differ in a few bits.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// FNV-1a of the parameter name, mixed with the model seed.
-uint64_t ParameterSeed(uint64_t seed, const std::string& name) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char ch : name) {
-    h ^= ch;
-    h *= 0x100000001b3ULL;
-  }
-  return Mix(seed ^ Mix(h));
-}
-
-// A private generator of the device's type (the default one's clone, reseeded), so the draws
-// neither depend on nor disturb the process's global RNG state.
-at::Generator MakeGenerator(c10::Device device, uint64_t seed) {
-  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_current_seed(seed);
-  return gen;
-}
-
 at::Tensor Normal(const std::vector<int64_t>& shape, double stddev, uint64_t seed,
                   const at::TensorOptions& options) {
   at::Tensor out = at::empty(shape, options);
-  out.normal_(0.0, stddev, MakeGenerator(options.device(), seed));
+  out.normal_(0.0, stddev, SeededGenerator(options.device(), seed));
   return out;
 }
 
@@ -87,7 +59,7 @@ at::Tensor DummyParameter(const SanaConfig& config, const std::string& name,
                           const std::vector<int64_t>& shape, uint64_t seed,
                           c10::ScalarType dtype, c10::Device device) {
   const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(device);
-  const uint64_t tensor_seed = ParameterSeed(seed, name);
+  const uint64_t tensor_seed = TensorSeed(seed, name);
 
   // GDN gates and short convs (spec §1.4).
   if (EndsWith(name, "attn.beta_proj.bias")) return at::full(shape, kBetaBias, options);

@@ -1,6 +1,7 @@
 // Leaf operations of the SANA-WM Stage-1 transformer (see ops.h).
 #include "worker/models/sana/ops.h"
 
+#include <ATen/Context.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/conv1d.h>
@@ -22,6 +23,7 @@
 #endif
 
 #include <algorithm>
+#include <mutex>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -32,13 +34,6 @@ namespace {
 
 [[noreturn]] void Fail(const char* fn, const std::string& message) {
   throw std::runtime_error(std::string(fn) + ": " + message);
-}
-
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
 }
 
 // One axis of the Wan table: angles (positions, d/2) for positions [first, first + count).
@@ -69,7 +64,7 @@ at::Tensor Modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 }
 
 at::Tensor TimestepSinusoid(const at::Tensor& t, int64_t dim, double max_period) {
-  if (t.dim() != 1) Fail("TimestepSinusoid", "t has shape " + Shape(t) + ", expected (M,)");
+  if (t.dim() != 1) Fail("TimestepSinusoid", "t has shape " + ShapeOf(t) + ", expected (M,)");
   const int64_t half = dim / 2;
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(t.device());
   const at::Tensor freqs = at::arange(0, half, f32).mul(-std::log(max_period)).div(half).exp();
@@ -140,7 +135,7 @@ at::Tensor ApplyRopeLastDim(const at::Tensor& x, const RopeTable& table, bool in
   const bool batched = table.cos.dim() == 4;
   if (x.dim() < 2 || x.size(-1) != 2 * table.pairs() || x.size(-2) != table.tokens() ||
       (batched && (x.dim() < 4 || x.size(0) != table.cos.size(0)))) {
-    Fail(kFn, "x has shape " + Shape(x) + ", expected (" + (batched ? "B, heads, " : "...") +
+    Fail(kFn, "x has shape " + ShapeOf(x) + ", expected (" + (batched ? "B, heads, " : "...") +
                   "N=" + std::to_string(table.tokens()) + ", " +
                   std::to_string(2 * table.pairs()) + ")");
   }
@@ -162,6 +157,35 @@ at::Tensor ApplyRopeHeadsFirst(const at::Tensor& x, const RopeTable& table) {
   return ApplyRopeLastDim(x.transpose(-1, -2), table).transpose(-1, -2);
 }
 
+std::string ShapeOf(const at::Tensor& t) {
+  if (!t.defined()) return "undefined";
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+at::Generator SeededGenerator(c10::Device device, uint64_t seed) {
+  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_current_seed(seed);
+  return gen;
+}
+
+uint64_t TensorSeed(uint64_t seed, const std::string& name) {
+  auto mix = [](uint64_t x) {  // splitmix64 finaliser: decorrelates seeds a few bits apart
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+  };
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
+  for (unsigned char ch : name) {
+    h ^= ch;
+    h *= 0x100000001b3ULL;
+  }
+  return mix(seed ^ mix(h));
+}
+
 void StoreParameter(at::Tensor* slot, at::Tensor value) {
   if (slot->defined()) {
     slot->copy_(value);
@@ -175,7 +199,7 @@ at::Tensor ScaledDotProductAttention(const at::Tensor& q, const at::Tensor& k, c
   constexpr const char* kFn = "ScaledDotProductAttention";
   if (q.dim() < 2 || k.dim() != q.dim() || v.dim() != q.dim() || q.size(-1) != k.size(-1) ||
       k.size(-2) != v.size(-2)) {
-    Fail(kFn, "q " + Shape(q) + ", k " + Shape(k) + ", v " + Shape(v) +
+    Fail(kFn, "q " + ShapeOf(q) + ", k " + ShapeOf(k) + ", v " + ShapeOf(v) +
                   " are not (..., Nq, D), (..., Nk, D), (..., Nk, Dv)");
   }
 #if TORCH_VERSION_MAJOR >= 2
@@ -218,12 +242,12 @@ at::Tensor ScaledDotProductAttention(const at::Tensor& q, const at::Tensor& k, c
 at::Tensor BidirectionalShortConv(const at::Tensor& x, const at::Tensor& weight, int64_t frames) {
   constexpr const char* kFn = "BidirectionalShortConv";
   if (x.dim() != 3 || frames < 1 || x.size(1) % frames != 0) {
-    Fail(kFn, "x has shape " + Shape(x) + ", expected (B, T*S, C) with T=" +
+    Fail(kFn, "x has shape " + ShapeOf(x) + ", expected (B, T*S, C) with T=" +
                   std::to_string(frames));
   }
   const int64_t b = x.size(0), c = x.size(2), s = x.size(1) / frames;
   if (weight.dim() != 3 || weight.size(0) != c || weight.size(1) != 1 || weight.size(2) < 1) {
-    Fail(kFn, "weight has shape " + Shape(weight) + ", expected (C=" + std::to_string(c) +
+    Fail(kFn, "weight has shape " + ShapeOf(weight) + ", expected (C=" + std::to_string(c) +
                   ", 1, K)");
   }
   const int64_t kernel = weight.size(2);

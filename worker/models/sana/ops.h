@@ -10,9 +10,12 @@
 #ifndef WMSERVE_WORKER_MODELS_SANA_OPS_H_
 #define WMSERVE_WORKER_MODELS_SANA_OPS_H_
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace wmserve::worker::sana {
@@ -69,6 +72,18 @@ at::Tensor ApplyRopeLastDim(const at::Tensor& x, const RopeTable& table, bool in
 
 // The same on the reference's (B, H, D, N) layout: pairs along D (`_apply_rotary_emb`).
 at::Tensor ApplyRopeHeadsFirst(const at::Tensor& x, const RopeTable& table);
+
+// "[2, 3, 4]" ("undefined" for an undefined tensor), for error messages.
+std::string ShapeOf(const at::Tensor& t);
+
+// A private generator of `device`'s type seeded with `seed`: a reseeded clone of the default
+// one, so draws neither depend on nor disturb the process's global RNG state. Deterministic per
+// (seed, device type). The sampling kernels lock it themselves.
+at::Generator SeededGenerator(c10::Device device, uint64_t seed);
+
+// The seed of tensor `name` in a model seeded with `seed` (FNV-1a of the name, mixed by the
+// splitmix64 finaliser): dummy weights depend on (seed, name) only, not on the load order.
+uint64_t TensorSeed(uint64_t seed, const std::string& name);
 
 // Stores a loaded parameter: in place when its slot is already a view into a fused buffer
 // (q/k/v projections kept as one GEMM's weight), otherwise by taking the tensor.

@@ -14,15 +14,10 @@
 #include <string>
 #include <utility>
 
+#include "worker/models/sana/ops.h"
+
 namespace wmserve::worker::sana {
 namespace {
-
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
 
 [[noreturn]] void Bad(const char* who, const std::string& message) {
   throw InvalidInputError(std::string(who) + ": " + message);
@@ -36,7 +31,7 @@ int64_t CheckInputs(const char* who, const SanaTransformer& model, const Rollout
   const at::Tensor& x0 = in.first_latent;
   if (!x0.defined() || x0.dim() != 5 || x0.size(0) != 1 || x0.size(1) != cfg.in_channels ||
       x0.size(2) != 1 || x0.size(3) < 1 || x0.size(4) < 1) {
-    Bad(who, "first_latent has shape " + Shape(x0) + ", expected (1, " +
+    Bad(who, "first_latent has shape " + ShapeOf(x0) + ", expected (1, " +
                  std::to_string(cfg.in_channels) + ", 1, H, W)");
   }
   const int64_t h = x0.size(3), w = x0.size(4);
@@ -44,7 +39,7 @@ int64_t CheckInputs(const char* who, const SanaTransformer& model, const Rollout
   if (in.camera_conditions.defined()) {
     if (in.camera_conditions.dim() != 3 || in.camera_conditions.size(0) != 1 ||
         in.camera_conditions.size(2) != 20 || in.camera_conditions.size(1) < 1) {
-      Bad(who, "camera_conditions has shape " + Shape(in.camera_conditions) +
+      Bad(who, "camera_conditions has shape " + ShapeOf(in.camera_conditions) +
                    ", expected (1, T, 20)");
     }
     frames = in.camera_conditions.size(1);
@@ -53,7 +48,7 @@ int64_t CheckInputs(const char* who, const SanaTransformer& model, const Rollout
     const at::Tensor& p = in.chunk_plucker;
     if (p.dim() != 5 || p.size(0) != 1 || p.size(1) != cfg.chunk_plucker_channels ||
         p.size(3) != h || p.size(4) != w || (frames >= 0 && p.size(2) != frames)) {
-      Bad(who, "chunk_plucker has shape " + Shape(p) + ", expected (1, " +
+      Bad(who, "chunk_plucker has shape " + ShapeOf(p) + ", expected (1, " +
                    std::to_string(cfg.chunk_plucker_channels) + ", T, " + std::to_string(h) +
                    ", " + std::to_string(w) + ") with T = camera_conditions' frames");
     }
@@ -63,11 +58,11 @@ int64_t CheckInputs(const char* who, const SanaTransformer& model, const Rollout
   auto check_text = [&](const at::Tensor& text, const at::Tensor& mask, const char* name) {
     if (!text.defined() || text.dim() != 4 || text.size(0) != 1 || text.size(1) != 1 ||
         text.size(3) != cfg.caption_channels || text.size(2) < 1) {
-      Bad(who, std::string(name) + " has shape " + Shape(text) + ", expected (1, 1, L, " +
+      Bad(who, std::string(name) + " has shape " + ShapeOf(text) + ", expected (1, 1, L, " +
                    std::to_string(cfg.caption_channels) + ")");
     }
     if (mask.defined() && mask.sizes() != c10::IntArrayRef({1, text.size(2)})) {
-      Bad(who, std::string(name) + " mask has shape " + Shape(mask) + ", expected (1, " +
+      Bad(who, std::string(name) + " mask has shape " + ShapeOf(mask) + ", expected (1, " +
                    std::to_string(text.size(2)) + ")");
     }
   };
@@ -97,11 +92,7 @@ at::Tensor MaskOrOnes(const at::Tensor& mask, const at::Tensor& text) {
 
 at::Tensor RolloutInitialNoise(const at::Tensor& first_latent, int64_t frames, uint64_t seed,
                                c10::Device device) {
-  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(seed);
-  }
+  at::Generator gen = SeededGenerator(device, seed);
   // (The sampling kernels lock the generator themselves.)
   at::Tensor z =
       at::randn({1, first_latent.size(1), frames, first_latent.size(3), first_latent.size(4)},

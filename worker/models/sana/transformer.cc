@@ -21,13 +21,6 @@
 namespace wmserve::worker::sana {
 namespace {
 
-std::string Shape(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
 [[noreturn]] void BadInput(const std::string& message) {
   throw InvalidInputError("SanaTransformer::Forward: " + message);
 }
@@ -174,7 +167,7 @@ void SanaTransformer::LoadWeights(const SanaTensorSource& source, c10::ScalarTyp
     at::Tensor value = source(name, shape);
     if (!value.defined() || value.sizes() != c10::IntArrayRef(shape)) {
       throw SafetensorsError("SanaTransformer::LoadWeights: tensor '" + name + "' has shape " +
-                             Shape(value) + ", expected " + ShapeString(shape));
+                             ShapeOf(value) + ", expected " + ShapeString(shape));
     }
     return value.to(device, dtype);
   }, dtype, device);
@@ -246,38 +239,38 @@ at::Tensor SanaTransformer::ForwardImpl(const at::Tensor& hidden_states,
   // --- input checks ------------------------------------------------------------------------
   if (!hidden_states.defined() || hidden_states.dim() != 5 ||
       hidden_states.size(1) != cfg.in_channels || hidden_states.numel() == 0) {
-    BadInput("hidden_states has shape " + Shape(hidden_states) + ", expected (B, " +
+    BadInput("hidden_states has shape " + ShapeOf(hidden_states) + ", expected (B, " +
              std::to_string(cfg.in_channels) + ", T, H, W)");
   }
   const int64_t b = hidden_states.size(0), frames = hidden_states.size(2);
   const int64_t height = hidden_states.size(3), width = hidden_states.size(4);
   if (!timestep.defined() || timestep.sizes() != c10::IntArrayRef({b, 1, frames})) {
-    BadInput("timestep has shape " + Shape(timestep) + ", expected (B, 1, T) = [" +
+    BadInput("timestep has shape " + ShapeOf(timestep) + ", expected (B, 1, T) = [" +
              std::to_string(b) + ", 1, " + std::to_string(frames) + "]");
   }
   if (!encoder_hidden_states.defined() || encoder_hidden_states.dim() != 4 ||
       encoder_hidden_states.size(0) != b || encoder_hidden_states.size(1) != 1 ||
       encoder_hidden_states.size(3) != cfg.caption_channels || encoder_hidden_states.size(2) < 1) {
-    BadInput("encoder_hidden_states has shape " + Shape(encoder_hidden_states) +
+    BadInput("encoder_hidden_states has shape " + ShapeOf(encoder_hidden_states) +
              ", expected (B, 1, L, " + std::to_string(cfg.caption_channels) + ") with B=" +
              std::to_string(b));
   }
   const int64_t text_len = encoder_hidden_states.size(2);
   if (encoder_attention_mask.defined() &&
       encoder_attention_mask.sizes() != c10::IntArrayRef({b, text_len})) {
-    BadInput("encoder_attention_mask has shape " + Shape(encoder_attention_mask) +
+    BadInput("encoder_attention_mask has shape " + ShapeOf(encoder_attention_mask) +
              ", expected (B, L) = [" + std::to_string(b) + ", " + std::to_string(text_len) + "]");
   }
   if (camera_conditions.defined() &&
       camera_conditions.sizes() != c10::IntArrayRef({b, frames, 20})) {
-    BadInput("camera_conditions has shape " + Shape(camera_conditions) +
+    BadInput("camera_conditions has shape " + ShapeOf(camera_conditions) +
              ", expected (B, T, 20) = [" + std::to_string(b) + ", " + std::to_string(frames) +
              ", 20]");
   }
   if (chunk_plucker.defined() &&
       chunk_plucker.sizes() !=
           c10::IntArrayRef({b, cfg.chunk_plucker_channels, frames, height, width})) {
-    BadInput("chunk_plucker has shape " + Shape(chunk_plucker) + ", expected (B, " +
+    BadInput("chunk_plucker has shape " + ShapeOf(chunk_plucker) + ", expected (B, " +
              std::to_string(cfg.chunk_plucker_channels) + ", T, H, W) = [" + std::to_string(b) +
              ", " + std::to_string(cfg.chunk_plucker_channels) + ", " + std::to_string(frames) +
              ", " + std::to_string(height) + ", " + std::to_string(width) + "]");
